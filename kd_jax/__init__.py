@@ -1,0 +1,1 @@
+"""kd_jax: knowledge distillation of image classifiers in JAX/Flax."""

@@ -1,0 +1,15 @@
+"""kd_jax.losses: pure distillation losses for any JAX project (METHODS.md section 1).
+
+No Flax, no config, no collectives; float32 inside; teacher arguments never carry
+gradient. Keyword defaults are the papers' CIFAR-100 values.
+"""
+from kd_jax.losses.cosine import (batch_correlation_distance, class_correlation_distance,
+                                  cskd, cswt_temperatures)
+from kd_jax.losses.feature import class_means, class_sums, nd
+from kd_jax.losses.logit import dist, dkd, kd, logit_standardize
+
+__all__ = [
+    "kd", "dkd", "cskd", "cswt_temperatures", "class_correlation_distance",
+    "batch_correlation_distance", "nd", "class_means", "class_sums", "dist",
+    "logit_standardize",
+]

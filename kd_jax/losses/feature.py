@@ -1,0 +1,38 @@
+"""ND, the feature norm and direction loss, and the teacher class means it needs (METHODS.md 5)."""
+import jax
+import jax.numpy as jnp
+
+from kd_jax.losses._numerics import as_float32, frozen, l2_norm
+
+
+def nd(student_features, teacher_features, class_means, labels):
+  """mean_i [1 - <f_s,i, e_y> / max(|f_s,i|, |f_t,i|)], e_y = mu_y / |mu_y|.
+
+  Not a cosine: f_s is not normalised, so the loss also rewards a student norm at least
+  the teacher's. On a tie the student's norm is taken (gradient flows through it).
+  """
+  student_features, teacher_features, class_means = as_float32(
+      student_features, frozen(teacher_features), frozen(class_means))
+  means = class_means[labels]
+  directions = means / jnp.maximum(l2_norm(means, -1), 1e-12)[:, None]
+  student_norm = l2_norm(student_features, -1)
+  teacher_norm = l2_norm(teacher_features, -1)
+  larger_norm = jnp.where(student_norm >= teacher_norm, student_norm, teacher_norm)
+  projection = jnp.sum(student_features * directions, axis=-1)
+  return jnp.mean(1.0 - projection / jnp.maximum(larger_norm, 1e-12))
+
+
+def class_sums(features, labels, num_classes):
+  """Per-class feature sums [C, d] and counts [C]: add these over batches, then divide."""
+  (features,) = as_float32(features)
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return one_hot.T @ features, jnp.sum(one_hot, axis=0)
+
+
+def class_means(features, labels, num_classes):
+  """Per-class mean of `features` [C, d]; a class with no sample gets zeros.
+
+  A one-hot matmul, so on sharded inputs under jit it reduces over the global batch.
+  """
+  sums, counts = class_sums(features, labels, num_classes)
+  return sums / jnp.maximum(counts, 1.0)[:, None]

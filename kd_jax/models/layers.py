@@ -1,0 +1,122 @@
+"""Shared building blocks that reproduce PyTorch layer semantics in Flax NNX.
+
+Convolutions take explicit symmetric padding (PyTorch `padding=p`), never 'SAME', so
+strided layers line up with PyTorch pixel for pixel. Parameters are always float32;
+`dtype` is only the computation dtype.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# mdistiller / torchvision conv init: normal with std sqrt(2 / (k*k*out_channels)).
+KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# PyTorch's default Conv2d/Linear weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+TORCH_DEFAULT = nnx.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+ZEROS = nnx.initializers.zeros_init()
+
+
+def normal(stddev):
+  """Plain normal init N(0, stddev^2), e.g. the 0.01 classifier init of VGG."""
+  return nnx.initializers.normal(stddev)
+
+
+def torch_default_bias(fan_in):
+  """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class BatchNorm(nnx.BatchNorm):
+  """nnx.BatchNorm whose running variance uses the unbiased batch variance, as PyTorch.
+
+  Flax keeps the biased variance; PyTorch's running_var uses n/(n-1). The correction
+  is exact algebra on Flax's update: new + (new - momentum * old) / (n - 1).
+  """
+
+  def __call__(self, x, use_running_average=None, *, mask=None):
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    if use_running_average:
+      return super().__call__(x, use_running_average=True, mask=mask)
+    old_var = self.var[...]
+    y = super().__call__(x, use_running_average=False, mask=mask)
+    count = x.size // x.shape[-1]
+    if count > 1:
+      new_var = self.var[...]
+      self.var[...] = new_var + (new_var - self.momentum * old_var) / (count - 1)
+    return y
+
+
+def batch_norm(num_features, *, dtype, rngs):
+  """BatchNorm2d/1d with PyTorch defaults: eps 1e-5, momentum 0.1 (0.9 in Flax terms)."""
+  return BatchNorm(
+      num_features, momentum=0.9, epsilon=1e-5, dtype=dtype,
+      param_dtype=jnp.float32, rngs=rngs)
+
+
+def conv(in_channels, out_channels, kernel_size, *, stride=1, padding=0, groups=1,
+         bias=False, kernel_init=KAIMING_FAN_OUT, bias_init=None, dtype, rngs):
+  """nn.Conv2d equivalent (NHWC); kernel (kh, kw, in/groups, out)."""
+  if bias_init is None:
+    bias_init = ZEROS
+  return nnx.Conv(
+      in_channels, out_channels, (kernel_size, kernel_size),
+      strides=(stride, stride), padding=((padding, padding), (padding, padding)),
+      feature_group_count=groups, use_bias=bias, kernel_init=kernel_init,
+      bias_init=bias_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def linear(in_features, out_features, *, kernel_init=TORCH_DEFAULT, bias_init=None,
+           dtype, rngs):
+  """nn.Linear equivalent; kernel (in, out). Default init is PyTorch's."""
+  if bias_init is None:
+    bias_init = torch_default_bias(in_features)
+  return nnx.Linear(
+      in_features, out_features, kernel_init=kernel_init, bias_init=bias_init,
+      dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def sequential(layers, x, train):
+  """Runs an nnx.List like nn.Sequential; BatchNorms get use_running_average=not train."""
+  for layer in layers:
+    if isinstance(layer, nnx.BatchNorm):
+      x = layer(x, use_running_average=not train)
+    else:
+      x = layer(x)
+  return x
+
+
+def max_pool(x, kernel_size, stride, padding=0):
+  """nn.MaxPool2d (floor mode): padded cells never win."""
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  return jax.lax.reduce_window(
+      x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, kernel_size, kernel_size, 1),
+      (1, stride, stride, 1), pad)
+
+
+def avg_pool(x, kernel_size, stride, padding=0):
+  """nn.AvgPool2d with count_include_pad=True: always divides by kernel_size**2."""
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  summed = jax.lax.reduce_window(
+      x, jnp.array(0, x.dtype), jax.lax.add, (1, kernel_size, kernel_size, 1),
+      (1, stride, stride, 1), pad)
+  return summed / kernel_size**2
+
+
+def global_avg_pool(x):
+  """[B, H, W, C] -> [B, C]; equals the fixed-size AvgPool2d the PyTorch models use."""
+  return jnp.mean(x, axis=(1, 2))
+
+
+def channel_shuffle(x, groups):
+  """ShuffleNet channel shuffle on NHWC, same channel order as the NCHW original."""
+  *lead, channels = x.shape
+  x = x.reshape(*lead, groups, channels // groups)
+  x = jnp.swapaxes(x, -1, -2)
+  return x.reshape(*lead, channels)
