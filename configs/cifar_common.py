@@ -1,0 +1,72 @@
+"""The CIFAR-100 recipe of mdistiller/CRD (METHODS.md section 6) and the published pairs.
+
+Method config files import `get_base` and `PAIRS`; a pair is `teacher_student` as in
+METHODS.md section 8. `smoke` shrinks everything: synthetic data, a tiny teacher trained
+first in the workdir, two short epochs each, no download, under two minutes on 2 cores.
+"""
+import ml_collections
+
+# pair name -> (teacher, student), METHODS.md section 8.
+PAIRS = {
+    "res56_res20": ("resnet56", "resnet20"),
+    "res110_res32": ("resnet110", "resnet32"),
+    "res32x4_res8x4": ("resnet32x4", "resnet8x4"),
+    "wrn40_2_wrn16_2": ("wrn_40_2", "wrn_16_2"),
+    "wrn40_2_wrn40_1": ("wrn_40_2", "wrn_40_1"),
+    "vgg13_vgg8": ("vgg13", "vgg8"),
+    "res32x4_shuv1": ("resnet32x4", "ShuffleV1"),
+    "res32x4_shuv2": ("resnet32x4", "ShuffleV2"),
+    "res50_mbv2": ("ResNet50", "MobileNetV2"),
+}
+SMALL_LR_STUDENTS = ("ShuffleV1", "ShuffleV2", "MobileNetV2")  # lr 0.01 instead of 0.05
+# Where mdistiller's download_ckpts script puts the published CIFAR-100 teachers.
+TEACHER_PATH = "download_ckpts/cifar_teachers/{model}_vanilla/ckpt_epoch_240.pth"
+
+
+def get_base(method: dict) -> ml_collections.ConfigDict:
+  """The recipe shared by every CIFAR config; `method` is the config.method fields."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = ml_collections.ConfigDict(dict(
+      dataset="cifar100", source="auto", data_dir="", synthetic_train_size=512,
+      synthetic_test_size=256))
+  config.student = ml_collections.ConfigDict(dict(model="resnet8x4"))
+  config.teacher = ml_collections.ConfigDict(dict(
+      model="resnet32x4", checkpoint="", dtype="float32", train_epochs=0))
+  config.method = ml_collections.ConfigDict(method)
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
+      decay_epochs=(150, 180, 210), decay_factor=0.1))
+  config.num_epochs = 240
+  config.batch_size = 64
+  config.eval_batch_size = 1000
+  config.log_every_steps = 200
+  config.checkpoint_keep = 2
+  return config
+
+
+def for_pair(config, arg, method_overrides=None):
+  """Sets teacher, student, lr and per-pair method weights for `arg` (a pair or 'smoke')."""
+  if arg == "smoke":
+    return smoke(config)
+  if arg not in PAIRS:
+    raise ValueError(f"unknown pair {arg!r}; valid: smoke, {', '.join(PAIRS)}")
+  teacher, student = PAIRS[arg]
+  config.teacher.model, config.student.model = teacher, student
+  config.teacher.checkpoint = TEACHER_PATH.format(model=teacher)
+  if student in SMALL_LR_STUDENTS:
+    config.optim.lr = 0.01
+  config.method.update((method_overrides or {}).get(arg, {}))
+  return config
+
+
+def smoke(config):
+  """Tiny everything: synthetic CIFAR-10-shaped data, resnet14 teacher -> resnet8 student."""
+  config.data.dataset, config.data.source = "cifar10", "synthetic"
+  config.teacher.model, config.student.model = "resnet14", "resnet8"
+  config.teacher.checkpoint, config.teacher.train_epochs = "", 2
+  config.num_epochs = 2
+  config.optim.decay_epochs = (1,)
+  config.eval_batch_size = 128
+  config.log_every_steps = 4
+  return config

@@ -1,0 +1,43 @@
+"""Distillation methods: name -> dataclass, built from `config.method` (see base.py)."""
+import dataclasses
+
+from kd_jax.errors import UserError
+from kd_jax.methods.base import Method, ModelOutput, cross_entropy
+from kd_jax.methods.ce import CrossEntropy
+from kd_jax.methods.cskd import CSKD
+from kd_jax.methods.dkd import DKD
+from kd_jax.methods.kd import KD
+
+METHODS: dict[str, type[Method]] = {
+    "ce": CrossEntropy,
+    "kd": KD,
+    "dkd": DKD,
+    "cskd": CSKD,
+}
+
+
+def create(method_config) -> Method:
+  """Builds the method named `method_config.name` from the config's other fields.
+
+  Unknown names and fields are user errors, caught before any compilation.
+  """
+  settings = dict(method_config)
+  name = settings.pop("name", None)
+  if name not in METHODS:
+    raise UserError(f"unknown method {name!r} (config.method.name); valid: {', '.join(METHODS)}")
+  cls = METHODS[name]
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  for key, value in settings.items():
+    if key not in fields:
+      raise UserError(f"config.method.{key} is not a field of method {name!r}; "
+                      f"valid: {', '.join(fields) or 'none'}")
+    expected = type(fields[key].default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+      raise UserError(f"config.method.{key}={value!r} should be a {expected.__name__}")
+    settings[key] = value
+  return cls(**settings)
+
+
+__all__ = ["METHODS", "Method", "ModelOutput", "create", "cross_entropy"]

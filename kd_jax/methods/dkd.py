@@ -1,0 +1,31 @@
+"""DKD (METHODS.md 3): CE + min(epoch/warmup, 1) * (alpha TCKD + beta NCKD).
+
+Epochs count from 1 as in mdistiller, so the first epoch gets 1/warmup of the weight.
+"""
+import dataclasses
+
+from kd_jax import losses
+from kd_jax.methods.base import Method, cross_entropy, linear_warmup
+
+
+@dataclasses.dataclass(frozen=True)
+class DKD(Method):
+  ce_weight: float = 1.0
+  alpha: float = 1.0
+  beta: float = 8.0
+  temperature: float = 4.0
+  warmup_epochs: int = 20
+  standardize: bool = False
+
+  def loss(self, student, teacher, labels, epoch):
+    student_logits, teacher_logits = student.logits, teacher.logits
+    if self.standardize:
+      student_logits = losses.logit_standardize(student_logits)
+      teacher_logits = losses.logit_standardize(teacher_logits)
+    warmup = linear_warmup(epoch + 1, self.warmup_epochs)
+    terms = {
+        "ce": self.ce_weight * cross_entropy(student.logits, labels),
+        "dkd": warmup * losses.dkd(student_logits, teacher_logits, labels, self.alpha,
+                                   self.beta, self.temperature),
+    }
+    return sum(terms.values()), terms

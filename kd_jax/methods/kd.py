@@ -1,0 +1,28 @@
+"""KD (METHODS.md 2), optionally on standardized logits (Sun et al. CVPR 2024).
+
+total = ce_weight * CE + kd_weight * KD(T); with `standardize`, both sides' logits are
+z-scored per sample before the KD term (the CE term keeps the raw student logits).
+"""
+import dataclasses
+
+from kd_jax import losses
+from kd_jax.methods.base import Method, cross_entropy
+
+
+@dataclasses.dataclass(frozen=True)
+class KD(Method):
+  ce_weight: float = 0.1
+  kd_weight: float = 0.9
+  temperature: float = 4.0
+  standardize: bool = False
+
+  def loss(self, student, teacher, labels, epoch):
+    student_logits, teacher_logits = student.logits, teacher.logits
+    if self.standardize:
+      student_logits = losses.logit_standardize(student_logits)
+      teacher_logits = losses.logit_standardize(teacher_logits)
+    terms = {
+        "ce": self.ce_weight * cross_entropy(student.logits, labels),
+        "kd": self.kd_weight * losses.kd(student_logits, teacher_logits, self.temperature),
+    }
+    return sum(terms.values()), terms

@@ -1,0 +1,67 @@
+"""Where numbers go: JSON lines + TensorBoard in the workdir, and a live progress line.
+
+Only process 0 writes, so a multi-host run records each number once.
+"""
+import json
+import os
+import time
+
+from absl import logging
+import jax
+from tensorboardX import SummaryWriter
+
+
+class MetricWriter:
+  """Appends {'step', 'kind', ...scalars} to metrics.jsonl and mirrors them to TensorBoard."""
+
+  def __init__(self, workdir):
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step, kind, scalars):
+    if not self.enabled:
+      return
+    record = {"step": int(step), "kind": kind, **{k: float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for name, value in scalars.items():
+      self._tensorboard.add_scalar(f"{kind}/{name}", float(value), int(step))
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tensorboard.close()
+
+
+def read_metrics(workdir, kind=None):
+  """The records of a run's metrics.jsonl, optionally only one kind ('train', 'eval')."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def _duration(seconds):
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+class Progress:
+  """Throughput and time left from the wall clock between two log points."""
+
+  def __init__(self, total_steps, batch_size, start_step):
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self._last_step, self._last_time = start_step, time.perf_counter()
+
+  def line(self, step, epoch, num_epochs, scalars):
+    now = time.perf_counter()
+    steps = step - self._last_step
+    images_per_second = steps * self.batch_size / max(now - self._last_time, 1e-9)
+    eta = (self.total_steps - step) * self.batch_size / max(images_per_second, 1e-9)
+    self._last_step, self._last_time = step, now
+    terms = "  ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+    text = (f"epoch {epoch + 1}/{num_epochs}  step {step}/{self.total_steps}  {terms}  "
+            f"{images_per_second:.0f} img/s  left {_duration(eta)}")
+    logging.info(text)
+    return images_per_second

@@ -1,0 +1,62 @@
+"""Model zoo: Flax NNX ports of mdistiller's CIFAR models and torchvision ImageNet models.
+
+Naming: CIFAR models keep mdistiller's names (resnet8 ... resnet32x4, ResNet18, ResNet50,
+wrn_*, vgg*, MobileNetV2, ShuffleV1, ShuffleV2); CIFAR "ResNet50" is mdistiller's
+`resnetv2.ResNet50`. ImageNet models carry an `imagenet_` prefix (imagenet_resnet18/34/50,
+imagenet_mobilenetv1) so they never clash with the CIFAR names.
+
+Every model maps `(images [B, H, W, 3], train) -> (logits, features)` where features is
+{'pooled': [B, d] after the last ReLU and global pool, before the classifier,
+ 'stages': tuple of NHWC stage outputs as mdistiller's feats['feats'],
+ 'preact_stages': the same before their last ReLU, as mdistiller's 'preact_feats'}.
+
+PyTorch state-dict mapping (mechanical, no per-model tables): module attribute names and
+nnx.List indices equal the PyTorch names and nn.Sequential indices, so
+`layer1.0.downsample.1.running_mean` <-> state path ('layer1', 0, 'downsample', 1, 'mean').
+Parameter-free nn.Sequential slots (ReLU) are kept as plain functions in the nnx.List so
+indices line up. Leaf names and layouts:
+  Conv2d weight (O, I/groups, kh, kw) <-> kernel (kh, kw, I/groups, O); bias <-> bias
+  Linear weight (out, in) <-> kernel (in, out); bias <-> bias
+  BatchNorm weight / bias / running_mean / running_var <-> scale / bias / mean / var
+  num_batches_tracked is ignored.
+"""
+import jax.numpy as jnp
+
+from kd_jax.errors import UserError
+from kd_jax.models import cifar_resnet
+from kd_jax.models import imagenet_resnet
+from kd_jax.models import mobilenetv1
+from kd_jax.models import mobilenetv2
+from kd_jax.models import resnetv2
+from kd_jax.models import shufflenetv1
+from kd_jax.models import shufflenetv2
+from kd_jax.models import vgg
+from kd_jax.models import wrn
+
+# name -> (constructor(num_classes, *, rngs, dtype), pooled feature dim).
+_REGISTRY = {}
+for _family in (cifar_resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1,
+                shufflenetv2, imagenet_resnet, mobilenetv1):
+  _REGISTRY.update(_family.MODELS)
+
+
+def names():
+  """Sorted list of registered model names."""
+  return sorted(_REGISTRY)
+
+
+def _lookup(name):
+  if name not in _REGISTRY:
+    raise UserError(f'unknown model {name!r}; valid names: {", ".join(names())}')
+  return _REGISTRY[name]
+
+
+def create(name, num_classes=100, *, rngs, dtype=jnp.float32):
+  """Builds model `name`; params are float32, `dtype` is the computation dtype."""
+  constructor, _ = _lookup(name)
+  return constructor(num_classes, rngs=rngs, dtype=dtype)
+
+
+def pooled_dim(name):
+  """Width of features['pooled'] for model `name`, without building it."""
+  return _lookup(name)[1]

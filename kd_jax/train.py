@@ -1,0 +1,309 @@
+"""The loop: one jitted step for frozen teacher + student, evaluation, logging, checkpoints.
+
+Data flows one way: config -> data + models + method -> step -> metrics/checkpoints.
+The whole CIFAR split sits on the devices; each step gathers its batch by index from a
+per-epoch permutation, augments it and runs teacher and student, all inside one jit, so
+the host only dispatches. Batches are sharded over a ('data',) mesh, parameters are
+replicated: batch-level losses and BatchNorm see the global batch on any device count.
+"""
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from kd_jax import checkpoint, data, methods, models
+from kd_jax.data import augment, batching
+from kd_jax.errors import UserError
+from kd_jax.methods import ModelOutput
+from kd_jax.metrics import MetricWriter, Progress
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  model_state: Any  # BatchNorm running statistics
+  opt_state: Any
+
+
+def make_optimizer(optim, steps_per_epoch):
+  """SGD (momentum, optional Nesterov) + L2 weight decay on all parameters, as PyTorch's
+  SGD(weight_decay=...); lr x decay_factor from the first step of each decay epoch.
+
+  Returns (optimizer, schedule) so the loop can log the learning rate it used.
+  """
+  boundaries = {int(epoch * steps_per_epoch): optim.decay_factor for epoch in optim.decay_epochs}
+  schedule = optax.piecewise_constant_schedule(optim.lr, boundaries)
+  optimizer = optax.chain(optax.add_decayed_weights(optim.weight_decay),
+                          optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
+  return optimizer, schedule
+
+
+def data_mesh(devices=None):
+  """A 1-D ('data',) mesh over `devices` (default: all), with automatic sharding
+  propagation: we only pin the batch, XLA places the rest."""
+  devices = jax.devices() if devices is None else devices
+  return jax.sharding.Mesh(np.asarray(devices), ("data",),
+                           axis_types=(jax.sharding.AxisType.Auto,))
+
+
+class Trainer:
+  """Holds the jitted steps of one run; `run` trains (or resumes) and evaluates."""
+
+  def __init__(self, config, dataset, student, teacher, method, mesh):
+    self.config, self.dataset, self.method, self.mesh = config, dataset, method, mesh
+    self.batch_size = config.batch_size
+    self.steps_per_epoch = batching.steps_per_epoch(len(dataset.train_labels), self.batch_size)
+    self.total_steps = self.steps_per_epoch * config.num_epochs
+    self.optimizer, self.schedule = make_optimizer(config.optim, self.steps_per_epoch)
+    self.batch_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+
+    self.student_def, params, model_state = nnx.split(student, nnx.Param, ...)
+    self.state = jax.device_put(TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+        opt_state=self.optimizer.init(params)), replicated)
+    if teacher is not None:
+      self.teacher_def, teacher_state = nnx.split(teacher)
+      self.teacher_state = jax.device_put(teacher_state, replicated)
+    else:
+      self.teacher_def = self.teacher_state = None
+    self.train_images, self.train_labels, self.test_images, self.test_labels = jax.device_put(
+        (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels),
+        replicated)
+    self.mean = jnp.asarray(dataset.mean, jnp.float32)
+    self.std = jnp.asarray(dataset.std, jnp.float32)
+
+    self.permutation = jax.jit(lambda epoch: batching.epoch_permutation(
+        config.seed, epoch, len(dataset.train_labels)), out_shardings=replicated)
+    self._metric_shapes = jax.eval_shape(self._step, self.state, self.teacher_state,
+                                         self.train_images, self.train_labels,
+                                         self.permutation(0))[1]
+    self.train_step = jax.jit(self._accumulating_step, donate_argnums=(0, 1))
+    self.eval_step = jax.jit(self._eval_step, static_argnums=(0,))
+
+  # ------------------------------------------------------------------ jitted pieces
+
+  def _augmented_batch(self, step, images, labels, permutation):
+    index = batching.batch_indices(permutation, step % self.steps_per_epoch, self.batch_size)
+    index = jax.lax.with_sharding_constraint(index, self.batch_sharding)
+    key = jax.random.fold_in(jax.random.key(self.config.seed), step)
+    batch = augment.random_crop_flip(key, images[index])
+    return augment.normalize(batch, self.mean, self.std), labels[index]
+
+  def _step(self, state, teacher_state, images, labels, permutation):
+    """One optimizer step; returns the new state and this batch's metrics."""
+    epoch = state.step // self.steps_per_epoch
+    inputs, targets = self._augmented_batch(state.step, images, labels, permutation)
+    teacher_out = None
+    if self.method.needs_teacher:
+      teacher = nnx.merge(self.teacher_def, teacher_state)
+      teacher_out = jax.lax.stop_gradient(ModelOutput(*teacher(inputs, train=False)))
+
+    student = nnx.merge(self.student_def, state.params, state.model_state)
+
+    def loss_fn(student):
+      student_out = ModelOutput(*student(inputs, train=True))
+      total, terms = self.method.loss(student_out, teacher_out, targets, epoch)
+      return total, (terms, student_out.logits)
+
+    # nnx.value_and_grad: gradients w.r.t. the nnx.Params only; the BatchNorm statistics
+    # updated in the forward pass land back in `student`.
+    (total, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(student)
+    _, _, model_state = nnx.split(student, nnx.Param, ...)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              model_state=model_state, opt_state=opt_state)
+    accuracy = 100 * jnp.mean(jnp.argmax(logits, -1) == targets)
+    return new_state, {"loss": total, **terms, "top1": accuracy}
+
+  def _accumulating_step(self, state, metric_sums, teacher_state, images, labels, permutation):
+    """_step plus on-device running sums of its metrics: no host sync between log points."""
+    state, metrics = self._step(state, teacher_state, images, labels, permutation)
+    return state, jax.tree.map(jnp.add, metric_sums, metrics)
+
+  def _zero_metrics(self):
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._metric_shapes)
+
+  def _eval_step(self, graphdef, variables, images, labels, index, mask):
+    """Sums of correct top-1/top-5 and CE over the valid (mask=1) samples of one batch."""
+    model = nnx.merge(graphdef, *variables)
+    index = jax.lax.with_sharding_constraint(index, self.batch_sharding)
+    logits, _ = model(augment.normalize(images[index], self.mean, self.std), train=False)
+    logits, targets = logits.astype(jnp.float32), labels[index]
+    top5 = jax.lax.top_k(logits, 5)[1]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return {"top1": jnp.sum(mask * (top5[:, 0] == targets)),
+            "top5": jnp.sum(mask * jnp.any(top5 == targets[:, None], axis=-1)),
+            "ce": jnp.sum(mask * ce), "count": jnp.sum(mask)}
+
+  def evaluate(self, graphdef, variables):
+    """Top-1 / top-5 (%) and CE over the whole test split, each sample counted once."""
+    sums = None
+    batch_size = self.config.eval_batch_size
+    for index, mask in batching.eval_batches(len(self.dataset.test_labels), batch_size):
+      batch = self.eval_step(graphdef, variables, self.test_images, self.test_labels,
+                             jnp.asarray(index), jnp.asarray(mask, jnp.float32))
+      sums = batch if sums is None else jax.tree.map(jnp.add, sums, batch)
+    sums = jax.device_get(sums)
+    count = float(sums["count"])
+    return {"top1": 100 * float(sums["top1"]) / count, "top5": 100 * float(sums["top5"]) / count,
+            "ce": float(sums["ce"]) / count}
+
+  # ------------------------------------------------------------------ the loop
+
+  def run(self, workdir):
+    """Trains from the newest checkpoint in `workdir` (or from scratch) to the end."""
+    checkpoints = checkpoint.RunCheckpoints(workdir, self.config.checkpoint_keep)
+    progress = {"best_top1": 0.0, "best_epoch": -1, "teacher_top1": None}
+    if checkpoints.latest_step() is not None:
+      self.state, progress = checkpoints.restore(checkpoint.abstract_like(self.state))
+      logging.info("resumed from step %d in %s", checkpoints.latest_step(), workdir)
+    step = int(jax.device_get(self.state.step))
+    writer = MetricWriter(workdir)
+    if self.teacher_state is not None and progress["teacher_top1"] is None:
+      teacher_eval = self.evaluate(self.teacher_def, (self.teacher_state,))
+      progress["teacher_top1"] = teacher_eval["top1"]
+      logging.info("teacher test top-1 %.2f%%", teacher_eval["top1"])
+      writer.write(step, "teacher_eval", teacher_eval)
+
+    meter = Progress(self.total_steps, self.batch_size, step)
+    sums, sums_steps = self._zero_metrics(), 0
+    for epoch in range(step // self.steps_per_epoch, self.config.num_epochs):
+      permutation = self.permutation(epoch)
+      for _ in range(step % self.steps_per_epoch, self.steps_per_epoch):
+        self.state, sums = self.train_step(self.state, sums, self.teacher_state,
+                                           self.train_images, self.train_labels, permutation)
+        step, sums_steps = step + 1, sums_steps + 1
+        if step % self.config.log_every_steps == 0 or step % self.steps_per_epoch == 0:
+          means = {k: float(v) / sums_steps for k, v in jax.device_get(sums).items()}
+          means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
+          means["lr"] = float(self.schedule(step - 1))
+          writer.write(step, "train", means)
+          sums, sums_steps = self._zero_metrics(), 0
+      results = self.evaluate(self.student_def, (self.state.params, self.state.model_state))
+      if results["top1"] > progress["best_top1"]:
+        progress["best_top1"], progress["best_epoch"] = results["top1"], epoch + 1
+      results |= {"epoch": epoch + 1, "best_top1": progress["best_top1"]}
+      writer.write(step, "eval", results)
+      logging.info("epoch %d/%d  test top-1 %.2f%%  top-5 %.2f%%  (best %.2f%% at epoch %d)",
+                   epoch + 1, self.config.num_epochs, results["top1"], results["top5"],
+                   progress["best_top1"], progress["best_epoch"])
+      progress["last_top1"] = results["top1"]
+      checkpoints.save(step, self.state, progress)
+    checkpoints.close()
+    writer.close()
+    return progress
+
+  def student(self):
+    return nnx.merge(self.student_def, self.state.params, self.state.model_state)
+
+
+def _check_config(config):
+  """Catches user mistakes before any data is loaded or anything compiled."""
+  devices = jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] <= 0 or config[field] % devices:
+      raise UserError(f"config.{field}={config[field]} must be a positive multiple of the "
+                      f"device count ({devices})")
+  if config.teacher.dtype not in DTYPES:
+    raise UserError(f"config.teacher.dtype={config.teacher.dtype!r}; valid: {', '.join(DTYPES)}")
+  models.pooled_dim(config.student.model)  # raises UserError naming the valid models
+  method = methods.create(config.method)
+  if method.needs_teacher:
+    models.pooled_dim(config.teacher.model)
+    if not config.teacher.checkpoint and config.teacher.train_epochs <= 0:
+      raise UserError(f"method {config.method.name!r} needs a teacher: set "
+                      "config.teacher.checkpoint (a .pth file, a teacher directory or a "
+                      "kd_jax run) or config.teacher.train_epochs > 0")
+  return method
+
+
+def _versions():
+  import importlib.metadata as metadata  # pylint: disable=g-import-not-at-top
+  return {name: metadata.version(name) for name in
+          ("kd_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")}
+
+
+def _record_run(config, workdir, num_classes):
+  """Writes the resolved config and versions; refuses a workdir of another config."""
+  config_path = os.path.join(workdir, "config.json")
+  resolved = config.to_json_best_effort(sort_keys=True, indent=2)
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      if f.read() != resolved:
+        raise UserError(f"{workdir} holds a run with a different config ({config_path}); "
+                        "use a new --workdir")
+  if jax.process_index() == 0:
+    with open(config_path, "w") as f:
+      f.write(resolved)
+    with open(os.path.join(workdir, checkpoint.RUN_INFO), "w") as f:
+      json.dump({"model": config.student.model, "num_classes": num_classes,
+                 "method": config.method.name, "devices": jax.device_count(),
+                 "platform": jax.devices()[0].platform, "versions": _versions()}, f, indent=2)
+
+
+def _teacher(config, workdir, dataset):
+  """The frozen teacher: loaded, or (smoke/bootstrap) trained first in workdir/teacher."""
+  dtype = DTYPES[config.teacher.dtype]
+  path = config.teacher.checkpoint
+  if not path:
+    path = os.path.join(workdir, "teacher")
+    teacher_config = ml_collections.ConfigDict(config.to_dict())
+    teacher_config.method = ml_collections.ConfigDict({"name": "ce"})
+    teacher_config.student.model = config.teacher.model
+    teacher_config.num_epochs = config.teacher.train_epochs
+    teacher_config.teacher.train_epochs = 0
+    logging.info("training the teacher %s for %d epochs in %s", config.teacher.model,
+                 config.teacher.train_epochs, path)
+    train_and_evaluate(teacher_config, path, dataset)
+  return checkpoint.load_teacher(path, config.teacher.model, dataset.num_classes, dtype=dtype)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None):
+  """Runs (or resumes, or reports the finished) experiment `config` in `workdir`."""
+  method = _check_config(config)
+  workdir = os.path.abspath(workdir)
+  summary_path = os.path.join(workdir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      summary = json.load(f)
+    logging.info("%s is complete: best top-1 %.2f%%, last %.2f%%", workdir,
+                 summary["best_top1"], summary["last_top1"])
+    return summary
+  if dataset is None:
+    dataset = data.load(config.data.dataset, config.data.source, config.data.data_dir or None,
+                        synthetic_train_size=config.data.synthetic_train_size,
+                        synthetic_test_size=config.data.synthetic_test_size)
+  os.makedirs(workdir, exist_ok=True)
+  _record_run(config, workdir, dataset.num_classes)
+  teacher = _teacher(config, workdir, dataset) if method.needs_teacher else None
+
+  mesh = data_mesh()
+  student = models.create(config.student.model, dataset.num_classes,
+                          rngs=nnx.Rngs(config.seed))
+  trainer = Trainer(config, dataset, student, teacher, method, mesh)
+  start = time.perf_counter()
+  progress = trainer.run(workdir)
+  checkpoint.save_final_student(trainer.student(), workdir)
+  summary = {"best_top1": progress["best_top1"], "best_epoch": progress["best_epoch"],
+             "last_top1": progress["last_top1"], "teacher_top1": progress["teacher_top1"],
+             "epochs": config.num_epochs, "seconds_this_session": time.perf_counter() - start}
+  if jax.process_index() == 0:
+    with open(summary_path, "w") as f:
+      json.dump(summary, f, indent=2)
+  logging.info("done: best top-1 %.2f%% (epoch %d), last %.2f%%", summary["best_top1"],
+               summary["best_epoch"], summary["last_top1"])
+  return summary

@@ -1,0 +1,52 @@
+"""kd_jax entry point: python main.py --config=configs/cifar_cskd.py --workdir=DIR.
+
+All logic lives in kd_jax.train; a UserError (bad config, missing data or checkpoint)
+is printed as one line and exits with status 2.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from kd_jax import train
+from kd_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Keeps Orbax's per-save INFO chatter out of the progress log (warnings still show)."""
+
+  def filter(self, record):
+    return record.levelno >= logging.logging.WARNING or "/orbax/" not in record.pathname
+
+
+def _is_multihost():
+  """A TPU pod slice or an explicitly coordinated multi-process job."""
+  return ("JAX_COORDINATOR_ADDRESS" in os.environ
+          or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+  if _is_multihost():
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
+               jax.devices())
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except UserError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
