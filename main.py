@@ -34,6 +34,20 @@ def _is_multihost():
           or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
 
 
+def _parse_flags(argv):
+  """absl's parser; a bad flag or --config override (unknown field, wrong type) is a
+  one-line error."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError) as error:
+    message = str(error).replace("\\n", " ").replace("\\'", "").strip("'\" ")
+    print(f"error: unknown config field in a --config override: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   del argv
   logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
@@ -49,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -8,6 +8,7 @@ replicated: batch-level losses and BatchNorm see the global batch on any device 
 """
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -92,6 +93,7 @@ class Trainer:
                                          self.train_images, self.train_labels,
                                          self.permutation(0))[1]
     self.train_step = jax.jit(self._accumulating_step, donate_argnums=(0, 1))
+    self.stop_requested = threading.Event()  # set by a signal handler to stop cleanly
     self.eval_step = jax.jit(self._eval_step, static_argnums=(0,))
 
   # ------------------------------------------------------------------ jitted pieces
@@ -164,48 +166,71 @@ class Trainer:
 
   # ------------------------------------------------------------------ the loop
 
-  def run(self, workdir):
-    """Trains from the newest checkpoint in `workdir` (or from scratch) to the end."""
-    checkpoints = checkpoint.RunCheckpoints(workdir, self.config.checkpoint_keep)
-    progress = {"best_top1": 0.0, "best_epoch": -1, "teacher_top1": None}
-    if checkpoints.latest_step() is not None:
-      self.state, progress = checkpoints.restore(checkpoint.abstract_like(self.state))
-      logging.info("resumed from step %d in %s", checkpoints.latest_step(), workdir)
-    step = int(jax.device_get(self.state.step))
-    writer = MetricWriter(workdir)
-    if self.teacher_state is not None and progress["teacher_top1"] is None:
-      teacher_eval = self.evaluate(self.teacher_def, (self.teacher_state,))
-      progress["teacher_top1"] = teacher_eval["top1"]
-      logging.info("teacher test top-1 %.2f%%", teacher_eval["top1"])
-      writer.write(step, "teacher_eval", teacher_eval)
+  def run(self, workdir, max_steps=None):
+    """Trains from the newest checkpoint in `workdir` (or from scratch) to the end.
 
-    meter = Progress(self.total_steps, self.batch_size, step)
-    sums, sums_steps = self._zero_metrics(), 0
-    for epoch in range(step // self.steps_per_epoch, self.config.num_epochs):
-      permutation = self.permutation(epoch)
-      for _ in range(step % self.steps_per_epoch, self.steps_per_epoch):
-        self.state, sums = self.train_step(self.state, sums, self.teacher_state,
-                                           self.train_images, self.train_labels, permutation)
-        step, sums_steps = step + 1, sums_steps + 1
-        if step % self.config.log_every_steps == 0 or step % self.steps_per_epoch == 0:
-          means = {k: float(v) / sums_steps for k, v in jax.device_get(sums).items()}
-          means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
-          means["lr"] = float(self.schedule(step - 1))
-          writer.write(step, "train", means)
-          sums, sums_steps = self._zero_metrics(), 0
-      results = self.evaluate(self.student_def, (self.state.params, self.state.model_state))
-      if results["top1"] > progress["best_top1"]:
-        progress["best_top1"], progress["best_epoch"] = results["top1"], epoch + 1
-      results |= {"epoch": epoch + 1, "best_top1": progress["best_top1"]}
-      writer.write(step, "eval", results)
-      logging.info("epoch %d/%d  test top-1 %.2f%%  top-5 %.2f%%  (best %.2f%% at epoch %d)",
-                   epoch + 1, self.config.num_epochs, results["top1"], results["top5"],
-                   progress["best_top1"], progress["best_epoch"])
-      progress["last_top1"] = results["top1"]
-      checkpoints.save(step, self.state, progress)
-    checkpoints.close()
-    writer.close()
+    Stops early, with a checkpoint (mid-epoch if need be), after global step `max_steps`
+    or once `stop_requested` is set (preemption); the returned progress then has
+    'stopped_at', and the same call resumes exactly there.
+    """
+    checkpoints = checkpoint.RunCheckpoints(workdir, self.config.checkpoint_keep)
+    writer = MetricWriter(workdir)
+    try:
+      progress = {"best_top1": 0.0, "best_epoch": -1, "last_top1": None, "teacher_top1": None}
+      if checkpoints.latest_step() is not None:
+        self.state, progress = checkpoints.restore(checkpoint.abstract_like(self.state))
+        logging.info("resumed from step %d in %s", checkpoints.latest_step(), workdir)
+      step = int(jax.device_get(self.state.step))
+      if self.teacher_state is not None and progress["teacher_top1"] is None:
+        teacher_eval = self.evaluate(self.teacher_def, (self.teacher_state,))
+        progress["teacher_top1"] = teacher_eval["top1"]
+        logging.info("teacher test top-1 %.2f%%", teacher_eval["top1"])
+        writer.write(step, "teacher_eval", teacher_eval)
+
+      stop_at = min(max_steps or self.total_steps, self.total_steps)
+      meter = Progress(self.total_steps, self.batch_size, step)
+      while step < stop_at and not self.stop_requested.is_set():
+        epoch = step // self.steps_per_epoch
+        step = self._train_epoch(epoch, step, stop_at, writer, meter)
+        if step % self.steps_per_epoch == 0:
+          self._evaluate_epoch(epoch, step, progress, writer)
+        checkpoints.save(step, self.state, progress)
+      if step < self.total_steps:
+        logging.info("stopped at step %d of %d (epoch %d); rerun the same command to resume",
+                     step, self.total_steps, step // self.steps_per_epoch + 1)
+        progress = progress | {"stopped_at": step}
+    finally:
+      checkpoints.close()
+      writer.close()
     return progress
+
+  def _train_epoch(self, epoch, step, stop_at, writer, meter):
+    """Steps until the end of `epoch`, `stop_at` or a stop request; returns the step."""
+    permutation = self.permutation(epoch)
+    end = min((epoch + 1) * self.steps_per_epoch, stop_at)
+    sums, sums_steps = self._zero_metrics(), 0
+    while step < end and not self.stop_requested.is_set():
+      self.state, sums = self.train_step(self.state, sums, self.teacher_state,
+                                         self.train_images, self.train_labels, permutation)
+      step, sums_steps = step + 1, sums_steps + 1
+      if step % self.config.log_every_steps == 0 or step == end:
+        means = {k: float(v) / sums_steps for k, v in jax.device_get(sums).items()}
+        means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
+        means["lr"] = float(self.schedule(step - 1))
+        writer.write(step, "train", means)
+        sums, sums_steps = self._zero_metrics(), 0
+    return step
+
+  def _evaluate_epoch(self, epoch, step, progress, writer):
+    """Test-set evaluation at the end of an epoch; updates best/last in `progress`."""
+    results = self.evaluate(self.student_def, (self.state.params, self.state.model_state))
+    if results["top1"] > progress["best_top1"]:
+      progress["best_top1"], progress["best_epoch"] = results["top1"], epoch + 1
+    progress["last_top1"] = results["top1"]
+    writer.write(step, "eval", results | {"epoch": epoch + 1, "best_top1": progress["best_top1"]})
+    logging.info("epoch %d/%d  test top-1 %.2f%%  top-5 %.2f%%  (best %.2f%% at epoch %d)",
+                 epoch + 1, self.config.num_epochs, results["top1"], results["top5"],
+                 progress["best_top1"], progress["best_epoch"])
 
   def student(self):
     return nnx.merge(self.student_def, self.state.params, self.state.model_state)
@@ -255,25 +280,27 @@ def _record_run(config, workdir, num_classes):
                  "platform": jax.devices()[0].platform, "versions": _versions()}, f, indent=2)
 
 
-def _teacher(config, workdir, dataset):
-  """The frozen teacher: loaded, or (smoke/bootstrap) trained first in workdir/teacher."""
-  dtype = DTYPES[config.teacher.dtype]
-  path = config.teacher.checkpoint
-  if not path:
-    path = os.path.join(workdir, "teacher")
-    teacher_config = ml_collections.ConfigDict(config.to_dict())
-    teacher_config.method = ml_collections.ConfigDict({"name": "ce"})
-    teacher_config.student.model = config.teacher.model
-    teacher_config.num_epochs = config.teacher.train_epochs
-    teacher_config.teacher.train_epochs = 0
-    logging.info("training the teacher %s for %d epochs in %s", config.teacher.model,
-                 config.teacher.train_epochs, path)
-    train_and_evaluate(teacher_config, path, dataset)
-  return checkpoint.load_teacher(path, config.teacher.model, dataset.num_classes, dtype=dtype)
+def _train_teacher(config, workdir, dataset):
+  """Bootstraps a teacher (smoke runs): a CE run of config.teacher.model in workdir/teacher."""
+  path = os.path.join(workdir, "teacher")
+  teacher_config = ml_collections.ConfigDict(config.to_dict())
+  teacher_config.method = ml_collections.ConfigDict({"name": "ce"})
+  teacher_config.student.model = config.teacher.model
+  teacher_config.num_epochs = config.teacher.train_epochs
+  teacher_config.teacher.train_epochs = 0
+  logging.info("training the teacher %s for %d epochs in %s", config.teacher.model,
+               config.teacher.train_epochs, path)
+  train_and_evaluate(teacher_config, path, dataset)
+  return path
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None):
-  """Runs (or resumes, or reports the finished) experiment `config` in `workdir`."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None,
+                       max_steps=None):
+  """Runs (or resumes, or reports the finished) experiment `config` in `workdir`.
+
+  `dataset` skips loading (tests, the smoke teacher); `max_steps` stops early with a
+  resumable checkpoint (see Trainer.run).
+  """
   method = _check_config(config)
   workdir = os.path.abspath(workdir)
   summary_path = os.path.join(workdir, "summary.json")
@@ -287,16 +314,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     dataset = data.load(config.data.dataset, config.data.source, config.data.data_dir or None,
                         synthetic_train_size=config.data.synthetic_train_size,
                         synthetic_test_size=config.data.synthetic_test_size)
+  # Everything that can be wrong with the inputs fails here, before the workdir is touched.
+  teacher_dtype = DTYPES[config.teacher.dtype]
+  teacher = None
+  if method.needs_teacher and config.teacher.checkpoint:
+    teacher = checkpoint.load_teacher(config.teacher.checkpoint, config.teacher.model,
+                                      dataset.num_classes, dtype=teacher_dtype)
   os.makedirs(workdir, exist_ok=True)
   _record_run(config, workdir, dataset.num_classes)
-  teacher = _teacher(config, workdir, dataset) if method.needs_teacher else None
+  if method.needs_teacher and teacher is None:
+    teacher = checkpoint.load_teacher(_train_teacher(config, workdir, dataset),
+                                      config.teacher.model, dataset.num_classes, dtype=teacher_dtype)
 
   mesh = data_mesh()
   student = models.create(config.student.model, dataset.num_classes,
                           rngs=nnx.Rngs(config.seed))
   trainer = Trainer(config, dataset, student, teacher, method, mesh)
   start = time.perf_counter()
-  progress = trainer.run(workdir)
+  progress = trainer.run(workdir, max_steps)
+  if "stopped_at" in progress:
+    return progress
   checkpoint.save_final_student(trainer.student(), workdir)
   summary = {"best_top1": progress["best_top1"], "best_epoch": progress["best_epoch"],
              "last_top1": progress["last_top1"], "teacher_top1": progress["teacher_top1"],

@@ -12,7 +12,8 @@ Every model maps `(images [B, H, W, 3], train) -> (logits, features)` where feat
 
 PyTorch state-dict mapping (mechanical, no per-model tables): module attribute names and
 nnx.List indices equal the PyTorch names and nn.Sequential indices, so
-`layer1.0.downsample.1.running_mean` <-> state path ('layer1', 0, 'downsample', 1, 'mean').
+`layer1.0.downsample.1.running_mean` <-> state path
+('layer1', 0, 'downsample', 1, 'mean').
 Parameter-free nn.Sequential slots (ReLU) are kept as plain functions in the nnx.List so
 indices line up. Leaf names and layouts:
   Conv2d weight (O, I/groups, kh, kw) <-> kernel (kh, kw, I/groups, O); bias <-> bias

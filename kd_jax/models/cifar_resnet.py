@@ -31,7 +31,9 @@ class BasicBlock(nnx.Module):
     ura = not train
     out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
     out = self.bn2(self.conv2(out), use_running_average=ura)
-    residual = x if self.downsample is None else layers.sequential(self.downsample, x, train)
+    residual = x
+    if self.downsample is not None:
+      residual = layers.sequential(self.downsample, x, train)
     preact = out + residual
     return jax.nn.relu(preact), preact
 
@@ -59,7 +61,8 @@ class CifarResNet(nnx.Module):
     self.fc = layers.linear(widths[3], num_classes, **kw)
 
   def __call__(self, x, train):
-    x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=not train))
+    x = self.conv1(x.astype(self.dtype))
+    x = jax.nn.relu(self.bn1(x, use_running_average=not train))
     stages, preacts = [x], [x]
     for stage in (self.layer1, self.layer2, self.layer3):
       for block in stage:

@@ -64,7 +64,8 @@ class MobileNetV2(nnx.Module):
       out_channels = int(c * width_mult)
       stage = []
       for i in range(n):
-        stage.append(InvertedResidual(in_channels, out_channels, s if i == 0 else 1, t, **kw))
+        stride = s if i == 0 else 1
+        stage.append(InvertedResidual(in_channels, out_channels, stride, t, **kw))
         in_channels = out_channels
       stages.append(nnx.List(stage))
     self.blocks = nnx.List(stages)

@@ -36,7 +36,9 @@ class BasicBlock(nnx.Module):
     ura = not train
     out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
     out = self.bn2(self.conv2(out), use_running_average=ura)
-    residual = x if self.shortcut is None else layers.sequential(self.shortcut, x, train)
+    residual = x
+    if self.shortcut is not None:
+      residual = layers.sequential(self.shortcut, x, train)
     preact = out + residual
     return jax.nn.relu(preact), preact
 
@@ -61,7 +63,9 @@ class Bottleneck(nnx.Module):
     out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
     out = jax.nn.relu(self.bn2(self.conv2(out), use_running_average=ura))
     out = self.bn3(self.conv3(out), use_running_average=ura)
-    residual = x if self.shortcut is None else layers.sequential(self.shortcut, x, train)
+    residual = x
+    if self.shortcut is not None:
+      residual = layers.sequential(self.shortcut, x, train)
     preact = out + residual
     return jax.nn.relu(preact), preact
 
@@ -87,7 +91,8 @@ class ResNetV2(nnx.Module):
     self.linear = layers.linear(512 * block.expansion, num_classes, **kw)
 
   def __call__(self, x, train):
-    x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=not train))
+    x = self.conv1(x.astype(self.dtype))
+    x = jax.nn.relu(self.bn1(x, use_running_average=not train))
     stages, preacts = [x], [x]
     for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
       for block in stage:

@@ -66,7 +66,8 @@ class ShuffleNetV1(nnx.Module):
     self.linear = layers.linear(widths[-1], num_classes, **kw)
 
   def __call__(self, x, train):
-    x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=not train))
+    x = self.conv1(x.astype(self.dtype))
+    x = jax.nn.relu(self.bn1(x, use_running_average=not train))
     stages, preacts = [x], [x]
     for stage in (self.layer1, self.layer2, self.layer3):
       for block in stage:

@@ -104,7 +104,8 @@ class ShuffleNetV2(nnx.Module):
 
 
 def shuffle_v2(num_classes, *, rngs, dtype=jnp.float32):
-  return ShuffleNetV2((116, 232, 464, 1024), (3, 7, 3), num_classes, dtype=dtype, rngs=rngs)
+  return ShuffleNetV2((116, 232, 464, 1024), (3, 7, 3), num_classes, dtype=dtype,
+                      rngs=rngs)
 
 
 MODELS = {'ShuffleV2': (shuffle_v2, 1024)}

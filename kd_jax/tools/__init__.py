@@ -1,0 +1,1 @@
+"""Experiment tooling: seed sweeps, result tables against published numbers, plots."""

@@ -1,0 +1,352 @@
+"""Result tables over seeds, next to the published numbers (METHODS.md sections 6 and 8).
+
+  python -m kd_jax.tools.summarize --root=runs [--format=markdown|long|csv]
+
+Finds every run under --root (a folder with config.json and metrics.jsonl; the teacher a
+smoke run trains in its `teacher/` subfolder is not counted), groups them by method and
+teacher→student pair, and prints best-epoch and last-epoch test top-1 as mean ± sample std
+(ddof=1) over seeds. Both come from metrics.jsonl, so runs still training are shown too.
+When a group has finished runs, only those enter the statistics and the others are noted
+('+1 running: epoch 3/240, best 41.20'); a group with none finished shows its running runs'
+numbers marked '(running, epoch 3/240)'.
+
+The method of a run is its config file's stem when the run lies in the sweep layout
+ROOT/<config-stem>/<arg>/seed<N> (so cskd and cskd with --config.method.cswt=False are
+told apart by file), otherwise config.method.name.
+"""
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+from absl import app
+from absl import flags
+
+from kd_jax.tools import published
+
+_SEED_DIR = re.compile(r"seed\d+$")
+# Methods trained without a teacher: their rows are one model, compared with its alone number.
+TEACHERLESS = ("ce",)
+DASH = "–"
+
+
+def read_jsonl(path):
+  """Records of a JSON-lines file; a half-written last line (a run writing) is skipped."""
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
+
+
+@dataclasses.dataclass
+class Run:
+  """One workdir: its resolved config and its metrics, read from metrics.jsonl."""
+  path: str
+  method: str
+  config: dict
+  evals: dict  # epoch -> eval record; the last written wins (a resumed run may repeat one)
+  train: list  # train records, in file order
+  teacher_top1: float | None
+  has_summary: bool
+
+  @property
+  def seed(self):
+    return self.config.get("seed")
+
+  @property
+  def dataset(self):
+    return self.config["data"]["dataset"]
+
+  @property
+  def student(self):
+    return self.config["student"]["model"]
+
+  @property
+  def teacher(self):
+    """The teacher model, or None for a method trained alone."""
+    if self.config["method"].get("name") in TEACHERLESS:
+      return None
+    return self.config["teacher"]["model"]
+
+  @property
+  def num_epochs(self):
+    return int(self.config["num_epochs"])
+
+  @property
+  def epochs_done(self):
+    return max(self.evals, default=0)
+
+  @property
+  def finished(self):
+    return self.has_summary or self.epochs_done >= self.num_epochs
+
+  @property
+  def best_top1(self):
+    """Best test top-1 over the epochs so far (None before the first evaluation)."""
+    return max((r["top1"] for r in self.evals.values()), default=None)
+
+  @property
+  def last_top1(self):
+    """Test top-1 after the latest evaluated epoch (the final one once finished)."""
+    return self.evals[self.epochs_done]["top1"] if self.evals else None
+
+
+def method_label(path, config):
+  """Config stem for ROOT/<stem>/<arg>/seed<N> workdirs, else config.method.name."""
+  path = os.path.abspath(path)
+  if _SEED_DIR.match(os.path.basename(path)):
+    stem = os.path.basename(os.path.dirname(os.path.dirname(path)))
+    if stem:
+      return stem
+  return config["method"]["name"]
+
+
+def load_run(path):
+  """Reads the run in workdir `path`."""
+  with open(os.path.join(path, "config.json")) as f:
+    config = json.load(f)
+  records = read_jsonl(os.path.join(path, "metrics.jsonl"))
+  evals = {int(r["epoch"]): r for r in records if r.get("kind") == "eval"}
+  teacher_evals = [r["top1"] for r in records if r.get("kind") == "teacher_eval"]
+  return Run(path=path, method=method_label(path, config), config=config, evals=evals,
+             train=[r for r in records if r.get("kind") == "train"],
+             teacher_top1=teacher_evals[-1] if teacher_evals else None,
+             has_summary=os.path.exists(os.path.join(path, "summary.json")))
+
+
+def find_runs(root):
+  """Workdirs under `root` (itself included), not descending into a run (nested teachers)."""
+  found = []
+  for path, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    if "config.json" in filenames and "metrics.jsonl" in filenames:
+      found.append(path)
+      dirnames[:] = []
+    else:
+      dirnames[:] = [d for d in dirnames if d not in ("checkpoints", "tensorboard")]
+  return found
+
+
+def group_runs(runs):
+  """{(dataset, teacher, student): {method: [runs sorted by seed]}}."""
+  groups = {}
+  for run in runs:
+    row = groups.setdefault((run.dataset, run.teacher, run.student), {})
+    row.setdefault(run.method, []).append(run)
+  for row in groups.values():
+    for method_runs in row.values():
+      method_runs.sort(key=lambda r: (r.seed is None, r.seed, r.path))
+  return groups
+
+
+def _flatten(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_differences(runs):
+  """Config keys (other than the seed) whose values differ between `runs`."""
+  flats = [_flatten(r.config) for r in runs]
+  keys = set().union(*flats) - {"seed"}
+  return sorted(k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1)
+
+
+def mean_std(values):
+  """(mean, sample std with ddof=1); std is None for a single value."""
+  mean = math.fsum(values) / len(values)
+  return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+@dataclasses.dataclass
+class Cell:
+  """The statistics of one (pair, method) group."""
+  runs: list
+  counted: list  # the runs in the statistics
+  best: tuple | None  # (mean, std)
+  last: tuple | None
+  published: float | None
+  note: str  # '' when every run finished
+
+  @property
+  def n(self):
+    return len(self.counted)
+
+  @property
+  def difference(self):
+    """Best-epoch mean minus the published number (papers since DKD report best epoch)."""
+    if self.best is None or self.published is None:
+      return None
+    return self.best[0] - self.published
+
+
+def _epochs(runs):
+  done = sorted({r.epochs_done for r in runs})
+  span = str(done[0]) if len(done) == 1 else f"{done[0]}–{done[-1]}"
+  return f"epoch {span}/{max(r.num_epochs for r in runs)}"
+
+
+def summarize_group(runs):
+  """Mean ± std of best and last top-1 over `runs`' seeds; finished runs preferred."""
+  evaluated = [r for r in runs if r.evals]
+  finished = [r for r in evaluated if r.finished]
+  counted = finished or evaluated
+  running = [r for r in runs if r not in counted]
+  if not finished and runs:
+    note = "running, " + _epochs(runs)
+    if len(runs) > 1:
+      note = f"{len(runs)} " + note
+  elif running:
+    bests = ", ".join(f"best {r.best_top1:.2f}" for r in running if r.evals)
+    note = f"+{len(running)} running: {_epochs(running)}" + (f", {bests}" if bests else "")
+  else:
+    note = ""
+  best = mean_std([r.best_top1 for r in counted]) if counted else None
+  last = mean_std([r.last_top1 for r in counted]) if counted else None
+  return Cell(runs=runs, counted=counted, best=best, last=last,
+              published=published.for_config(runs[0].config), note=note)
+
+
+def _fmt(stat):
+  if stat is None:
+    return DASH
+  mean, std = stat
+  return f"{mean:.2f} ± {DASH if std is None else f'{std:.2f}'}"
+
+
+def _signed(value):
+  return DASH if value is None else f"{value:+.2f}"
+
+
+def row_label(dataset, teacher, student):
+  label = student + " alone" if teacher is None else f"{teacher}→{student}"
+  return label if dataset == "cifar100" else f"{label} ({dataset})"
+
+
+def _row_order(key):
+  dataset, teacher, student = key
+  order = published.PAIR_ORDER
+  rank = order.index((teacher, student)) if (teacher, student) in order else len(order)
+  return (teacher is None, dataset, rank, teacher or "", student)
+
+
+def _teacher_cell(dataset, teacher, student, row):
+  """Measured teacher top-1 (mean over the row's runs) and the published one."""
+  del student  # the row key carries it; the teacher alone matters here
+  if teacher is None:
+    return DASH
+  measured = [r.teacher_top1 for runs in row.values() for r in runs
+              if r.teacher_top1 is not None]
+  paper = published.TEACHERS.get(teacher) if dataset.startswith(
+      published.dataset_of(teacher)) else None
+  text = f"{math.fsum(measured) / len(measured):.2f}" if measured else DASH
+  return text + (f" (paper {paper:.2f})" if paper is not None else "")
+
+
+def _cell_text(cell):
+  text = f"best {_fmt(cell.best)} · last {_fmt(cell.last)} · n={cell.n}"
+  if cell.published is not None:
+    text += f" · paper {cell.published:.2f} (Δbest {_signed(cell.difference)})"
+  return text + (f" ({cell.note})" if cell.note else "")
+
+
+LEGEND = ("Test top-1 (%): best = highest epoch, last = final epoch; mean ± sample std "
+          f"(ddof=1, {DASH} for one run) over seeds; n = runs in the statistics; "
+          "Δbest = best mean − paper.")
+
+
+def _markdown(groups, cells, methods):
+  lines = ["| teacher→student | teacher top-1 | " + " | ".join(methods) + " |",
+           "|---" * (len(methods) + 2) + "|"]
+  for key in sorted(groups, key=_row_order):
+    texts = [_cell_text(cells[key][m]) if m in cells[key] else "" for m in methods]
+    lines.append(f"| {row_label(*key)} | {_teacher_cell(*key, groups[key])} | "
+                 + " | ".join(texts) + " |")
+  return "\n".join(lines + ["", LEGEND])
+
+
+def _long(groups, cells):
+  lines = ["| teacher→student | method | n | best top-1 | last top-1 | paper | Δbest | status |",
+           "|---" * 8 + "|"]
+  for key in sorted(groups, key=_row_order):
+    for method, cell in sorted(cells[key].items()):
+      paper = DASH if cell.published is None else f"{cell.published:.2f}"
+      lines.append(f"| {row_label(*key)} | {method} | {cell.n} | {_fmt(cell.best)} | "
+                   f"{_fmt(cell.last)} | {paper} | {_signed(cell.difference)} | "
+                   f"{cell.note or 'finished'} |")
+  return "\n".join(lines + ["", LEGEND])
+
+
+def _csv(groups, cells):
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(["dataset", "teacher", "student", "method", "n", "best_mean", "best_std",
+                   "last_mean", "last_std", "published", "diff_best", "status"])
+  for key in sorted(groups, key=_row_order):
+    for method, cell in sorted(cells[key].items()):
+      best, last = cell.best or (None, None), cell.last or (None, None)
+      writer.writerow([*key, method, cell.n, *best, *last, cell.published, cell.difference,
+                       cell.note or "finished"])
+  return out.getvalue().rstrip("\n")
+
+
+FORMATS = ("markdown", "long", "csv")
+
+
+def table(root, fmt="markdown", warn=None):
+  """The results under `root` as text in format `fmt` (see FORMATS); None if no runs."""
+  runs = [load_run(path) for path in find_runs(root)]
+  if not runs:
+    return None
+  groups = group_runs(runs)
+  cells = {key: {m: summarize_group(rs) for m, rs in row.items()} for key, row in groups.items()}
+  for key, row in groups.items():
+    for method, method_runs in row.items():
+      differences = config_differences(method_runs)
+      if differences and warn:
+        warn(f"warning: {method} on {row_label(*key)} mixes configs differing in "
+             f"{', '.join(differences)}")
+  if fmt == "markdown":
+    return _markdown(groups, cells, sorted({m for row in groups.values() for m in row}))
+  if fmt == "long":
+    return _long(groups, cells)
+  if fmt == "csv":
+    return _csv(groups, cells)
+  raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+
+
+def define_flags():
+  """Flags of the command line only (the tools share names, so not at import)."""
+  flags.DEFINE_string("root", "runs", "Folder searched for run workdirs.")
+  flags.DEFINE_enum("format", "markdown", FORMATS,
+                    "markdown: pairs x methods; long: one row per pair and method; "
+                    "csv: the long table with unrounded numbers.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  root = flags.FLAGS.root
+  text = table(root, flags.FLAGS.format, warn=lambda m: print(m, file=sys.stderr))
+  if text is None:
+    print(f"no runs (config.json + metrics.jsonl) under {root}", file=sys.stderr)
+    sys.exit(1)
+  print(text)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

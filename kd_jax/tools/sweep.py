@@ -1,0 +1,151 @@
+"""Runs configs x pairs x seeds, one main.py subprocess each, in ROOT/<config-stem>/<pair>/seed<N>.
+
+  python -m kd_jax.tools.sweep --configs=configs/cifar_kd.py,configs/cifar_cskd.py \
+      --pairs=res56_res20,res32x4_res8x4 --seeds=0,1,2 --root=runs \
+      [--dry_run] [--print_commands] [--extra='--config.num_epochs=2']
+
+Runs go one after another from the repository root, each command printed first. A run with
+summary.json is finished and skipped; an unfinished one resumes (main.py restarts from its
+checkpoint). A failing run is reported and the sweep goes on; the exit status is 1 if any
+failed. --print_commands prints only the commands, one per line, for a launch script to
+spread over machines (`python` unless --python is given; paths relative to the repo root).
+A "pair" is whatever the config file's get_config takes: a pair of
+configs/cifar_common.PAIRS, 'smoke', or a model name for configs/cifar_ce.py.
+"""
+import dataclasses
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+@dataclasses.dataclass
+class Job:
+  """One run of the sweep."""
+  config: str  # config file, relative to the repo root when inside it
+  pair: str
+  seed: int
+  workdir: str  # relative to the repo root when inside it
+
+  def command(self, python, extra=()):
+    return [python, "main.py", f"--config={self.config}:{self.pair}",
+            f"--workdir={self.workdir}", f"--config.seed={self.seed}", *extra]
+
+  @property
+  def finished(self):
+    return os.path.exists(os.path.join(REPO_ROOT, self.workdir, "summary.json"))
+
+
+def repo_path(path):
+  """`path` (relative to the current directory) as main.py will see it from the repo root."""
+  absolute = os.path.abspath(path)
+  relative = os.path.relpath(absolute, REPO_ROOT)
+  return absolute if relative.startswith("..") else relative
+
+
+def find_config(path):
+  """A config file given relative to the current directory or to the repo root."""
+  for candidate in (path, os.path.join(REPO_ROOT, path)):
+    if os.path.isfile(candidate):
+      return repo_path(candidate)
+  raise ValueError(f"config file {path!r} not found (here or in {REPO_ROOT})")
+
+
+def check_config(config, pair):
+  """Builds the config for `pair` now, so a typo fails before hours of earlier runs."""
+  sys.path.insert(0, REPO_ROOT)  # config files import `configs.cifar_common`
+  try:
+    spec = importlib.util.spec_from_file_location("_sweep_config",
+                                                  os.path.join(REPO_ROOT, config))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.get_config(pair)
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f"{config}:{pair}: {type(error).__name__}: {error}") from error
+  finally:
+    sys.path.remove(REPO_ROOT)
+
+
+def make_jobs(configs, pairs, seeds, root):
+  """The product configs x pairs x seeds, in that nesting order."""
+  jobs = []
+  for config in configs:
+    config = find_config(config)
+    stem = os.path.splitext(os.path.basename(config))[0]
+    for pair in pairs:
+      for seed in seeds:
+        workdir = repo_path(os.path.join(root, stem, pair, f"seed{int(seed)}"))
+        jobs.append(Job(config=config, pair=pair, seed=int(seed), workdir=workdir))
+  return jobs
+
+
+def run_sweep(jobs, python, extra=(), dry_run=False, out=sys.stdout):
+  """Runs the unfinished `jobs` in turn; returns the failed ones."""
+  failed = []
+  for index, job in enumerate(jobs, 1):
+    prefix = f"[{index}/{len(jobs)}]"
+    if job.finished:
+      print(f"{prefix} skip (finished): {job.workdir}", file=out, flush=True)
+      continue
+    command = job.command(python, extra)
+    print(f"{prefix} {shlex.join(command)}", file=out, flush=True)
+    if dry_run:
+      continue
+    status = subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+    if status:
+      print(f"{prefix} FAILED (exit status {status}): {job.workdir}", file=out, flush=True)
+      failed.append(job)
+  return failed
+
+
+def define_flags():
+  """Flags of the command line only (the tools share names, so not at import)."""
+  flags.DEFINE_list("configs", None, "Config files (one method each).")
+  flags.DEFINE_list("pairs", None, "Config arguments: pair names, 'smoke'...")
+  flags.DEFINE_list("seeds", ["0"], "Seeds (integers); each sets --config.seed.")
+  flags.DEFINE_string("root", "runs", "Workdirs go to ROOT/<config-stem>/<pair>/seed<N>.")
+  flags.DEFINE_string("extra", "", "More main.py flags for every run (shell-quoted).")
+  flags.DEFINE_bool("dry_run", False, "Print the commands and skips, run nothing.")
+  flags.DEFINE_bool("print_commands", False, "Print only the commands still to run, one per "
+                    "line (skips go to stderr).")
+  flags.DEFINE_string("python", "", "Interpreter in the commands; default: this one when "
+                      "running, `python` with --print_commands.")
+
+
+def main(argv):
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.configs or not FLAGS.pairs:
+    raise app.UsageError("--configs and --pairs are required")
+  try:
+    jobs = make_jobs(FLAGS.configs, FLAGS.pairs, FLAGS.seeds, FLAGS.root)
+    for config, pair in dict.fromkeys((job.config, job.pair) for job in jobs):
+      check_config(config, pair)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  extra = shlex.split(FLAGS.extra)
+  if FLAGS.print_commands:
+    for job in jobs:
+      if job.finished:
+        print(f"skip (finished): {job.workdir}", file=sys.stderr)
+      else:
+        print(shlex.join(job.command(FLAGS.python or "python", extra)))
+    return
+  failed = run_sweep(jobs, FLAGS.python or sys.executable, extra, FLAGS.dry_run)
+  if failed:
+    print(f"{len(failed)} of {len(jobs)} runs failed:", file=sys.stderr)
+    for job in failed:
+      print(f"  {job.workdir}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,148 @@
+"""The train loop: exact resume, 1 vs 8 devices, the optimizer recipe, and main.py end to end."""
+import json
+import os
+import subprocess
+import sys
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import cifar_cskd, cifar_kd
+from kd_jax import checkpoint, data, methods, models, train
+from kd_jax.metrics import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config(config_module, teacher_dir, batch_size=16, epochs=2):
+  config = config_module.get_config("smoke")
+  config.teacher.model = "resnet8"
+  config.teacher.checkpoint, config.teacher.train_epochs = teacher_dir, 0
+  config.batch_size, config.num_epochs = batch_size, epochs
+  config.eval_batch_size, config.log_every_steps = 32, 2
+  return config
+
+
+@pytest.fixture(scope="module")
+def dataset():
+  return data.load("cifar10", "synthetic", synthetic_train_size=64, synthetic_test_size=40)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("teacher"))
+  teacher = models.create("resnet8", 10, rngs=nnx.Rngs(7))
+  checkpoint.save_teacher(teacher, path, model_name="resnet8", num_classes=10)
+  return path
+
+
+def _final_params(workdir):
+  model = checkpoint.load_teacher(workdir, "resnet8", 10)
+  return jax.tree.leaves(nnx.state(model))
+
+
+def test_resume_mid_epoch_gives_identical_parameters(tmp_path, dataset, teacher_dir):
+  """Stopped after 3 of 8 steps (mid-epoch 1) and resumed == never stopped, bit for bit."""
+  config = _tiny_config(cifar_kd, teacher_dir)  # 64 / 16 = 4 steps per epoch, 2 epochs
+  straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+  train.train_and_evaluate(config, straight, dataset)
+  stopped = train.train_and_evaluate(config, interrupted, dataset, max_steps=3)
+  assert stopped["stopped_at"] == 3
+  assert not os.path.exists(os.path.join(interrupted, "summary.json"))
+  train.train_and_evaluate(config, interrupted, dataset)
+  for a, b in zip(_final_params(straight), _final_params(interrupted)):
+    np.testing.assert_array_equal(a, b)
+  # Same per-epoch test accuracy in both runs, each epoch evaluated exactly once.
+  evals = [[(r["epoch"], r["top1"]) for r in read_metrics(d, "eval")] for d in (straight, interrupted)]
+  assert evals[0] == evals[1] and [e for e, _ in evals[0]] == [1, 2]
+  with open(os.path.join(interrupted, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["last_top1"] == evals[0][-1][1]
+  assert summary["best_top1"] == max(top1 for _, top1 in evals[0])
+
+
+@pytest.mark.parametrize("config_module", [cifar_kd, cifar_cskd], ids=["kd", "cskd"])
+def test_one_step_on_8_devices_equals_1_device(config_module, dataset, teacher_dir):
+  """Loss terms, updated parameters (so gradients) and BatchNorm statistics agree."""
+  config = _tiny_config(config_module, teacher_dir)
+  method = methods.create(config.method)
+  teacher = checkpoint.load_teacher(teacher_dir, "resnet8", 10)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()[:8]):
+    student = models.create("resnet8", 10, rngs=nnx.Rngs(config.seed))
+    trainer = train.Trainer(config, dataset, student, teacher, method, train.data_mesh(devices))
+    state, sums = trainer.train_step(trainer.state, trainer._zero_metrics(), trainer.teacher_state,
+                                     trainer.train_images, trainer.train_labels, trainer.permutation(0))
+    assert len(state.params["conv1"]["kernel"][...].sharding.device_set) == len(devices)
+    results.append(jax.device_get((sums, state.params, state.model_state)))
+  (sums_1, params_1, stats_1), (sums_8, params_8, stats_8) = results
+  assert sums_1.keys() == sums_8.keys() and "loss" in sums_1
+  for key in sums_1:
+    # CSKD terms are 2 T^2 (1 - cos) with cos ~ 1: float32 rounding of cos (~1e-7) under
+    # another reduction order shows up as ~3e-6 absolute.
+    np.testing.assert_allclose(sums_8[key], sums_1[key], rtol=2e-5, atol=1e-5, err_msg=key)
+  for a, b in zip(jax.tree.leaves(params_1) + jax.tree.leaves(stats_1),
+                  jax.tree.leaves(params_8) + jax.tree.leaves(stats_8)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_is_pytorch_sgd_with_step_decay():
+  """p <- p - lr * buf, buf <- m * buf + (g + wd * p); lr x0.1 from the first decay step."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  optim = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
+                                         decay_epochs=(2,), decay_factor=0.1))
+  optimizer, schedule = train.make_optimizer(optim, steps_per_epoch=3)
+  assert [float(schedule(s)) for s in (0, 5, 6, 100)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+  params, grad = jnp.array([1.0, -2.0]), jnp.array([0.5, 0.25])
+  state = optimizer.init(params)
+  p, buf = np.array([1.0, -2.0]), np.zeros(2)
+  for step in range(8):
+    updates, state = optimizer.update(grad, state, params)
+    params = optax.apply_updates(params, updates)
+    buf = 0.9 * buf + (np.array([0.5, 0.25]) + 0.01 * p)
+    p = p - (0.1 if step < 6 else 0.01) * buf
+  np.testing.assert_allclose(params, p, rtol=1e-5)
+
+
+def _main(*args, timeout=600):
+  return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_main_smoke_runs_offline_and_second_run_does_no_work(tmp_path):
+  workdir = str(tmp_path / "smoke")
+  first = _main("--config=configs/cifar_cskd.py:smoke", f"--workdir={workdir}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  for name in ("config.json", "run.json", "metrics.jsonl", "summary.json", "checkpoints",
+               "final_student", "tensorboard", "teacher/summary.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  evals = read_metrics(workdir, "eval")
+  assert [r["epoch"] for r in evals] == [1, 2]
+  assert {"cskd", "cskd_cswt", "ce", "images_per_second"} <= read_metrics(workdir, "train")[0].keys()
+  second = _main("--config=configs/cifar_cskd.py:smoke", f"--workdir={workdir}")
+  assert second.returncode == 0 and "is complete" in second.stderr
+  assert len(read_metrics(workdir, "eval")) == 2  # nothing retrained
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.method.name=nope", "unknown method 'nope'"),
+    ("--config.student.model=resnet9", "unknown model 'resnet9'"),
+    ("--config.method.temprature=2.0", 'temprature Did you mean "temperature"'),
+    ("--config.optim.lr=abc", "could not convert string to float: 'abc'"),
+    ("--config.teacher.checkpoint=/nonexistent/t.pth", "teacher checkpoint not found"),
+    ("--config.batch_size=0", "config.batch_size=0"),
+])
+def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
+  workdir = tmp_path / "bad"
+  result = _main("--config=configs/cifar_kd.py:smoke", f"--workdir={workdir}", override)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  if message:
+    assert result.returncode == 2
+    error_lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
+  assert not os.path.exists(workdir) or not os.listdir(workdir)
