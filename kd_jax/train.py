@@ -22,10 +22,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from kd_jax import checkpoint, data, methods, models
-from kd_jax.data import augment, batching
+from kd_jax import checkpoint, data, losses, methods, models
+from kd_jax.data import augment, batching, randaugment
 from kd_jax.errors import UserError
-from kd_jax.methods import ModelOutput
+from kd_jax.methods import Aux, ModelOutput
 from kd_jax.metrics import MetricWriter, Progress
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -60,10 +60,54 @@ def data_mesh(devices=None):
                            axis_types=(jax.sharding.AxisType.Auto,))
 
 
-class Trainer:
-  """Holds the jitted steps of one run; `run` trains (or resumes) and evaluates."""
+class StudentWithHead(nnx.Module):
+  """What the optimizer trains: the student and, for some methods, a loss-only head."""
 
-  def __init__(self, config, dataset, student, teacher, method, mesh):
+  def __init__(self, student, head=None):
+    self.student, self.head = student, head
+
+  def __call__(self, images, train):
+    return self.student(images, train=train)
+
+
+def teacher_class_means(teacher, dataset, mesh, seed, batch_size):
+  """Per-class mean of the teacher's pooled features over the augmented training split.
+
+  Teacher in eval mode, one pass with the training augmentation (crop + flip), every
+  example counted once (padding masked out), global over all devices (METHODS.md 5).
+  """
+  graphdef, state = nnx.split(teacher)
+  images, labels = dataset.train_images, dataset.train_labels
+  mean, std = jnp.asarray(dataset.mean), jnp.asarray(dataset.std)
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  @jax.jit
+  def batch_sums(state, images, labels, index, valid, key):
+    index = jax.lax.with_sharding_constraint(index, batch_sharding)
+    inputs = augment.normalize(augment.random_crop_flip(key, images[index]), mean, std)
+    _, features = nnx.merge(graphdef, state)(inputs, train=False)
+    targets = jnp.where(valid, labels[index], -1)  # -1: one-hot of zeros, not counted
+    return losses.class_sums(features["pooled"], targets, dataset.num_classes)
+
+  images, labels = jax.device_put((images, labels), NamedSharding(mesh, P()))
+  key = jax.random.fold_in(jax.random.key(seed), 0xC1A55)
+  sums = counts = 0.0
+  for number, (index, valid) in enumerate(batching.eval_batches(len(labels), batch_size)):
+    batch_sum, batch_count = batch_sums(state, images, labels, index, valid,
+                                        jax.random.fold_in(key, number))
+    sums, counts = sums + batch_sum, counts + batch_count
+  return np.asarray(sums / jnp.maximum(counts, 1.0)[:, None])
+
+
+class Trainer:
+  """Holds the jitted steps of one run; `run` trains (or resumes) and evaluates.
+
+  `head` is the method's trainable extra (see Method.make_head) and `class_means` the
+  teacher class means of methods that need them.
+  """
+
+  def __init__(self, config, dataset, student, teacher, method, mesh, head=None,
+               class_means=None):
     self.config, self.dataset, self.method, self.mesh = config, dataset, method, mesh
     self.batch_size = config.batch_size
     self.steps_per_epoch = batching.steps_per_epoch(len(dataset.train_labels), self.batch_size)
@@ -72,7 +116,10 @@ class Trainer:
     self.batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
-    self.student_def, params, model_state = nnx.split(student, nnx.Param, ...)
+    self.student_def, params, model_state = nnx.split(StudentWithHead(student, head),
+                                                      nnx.Param, ...)
+    self.class_means = None if class_means is None else jax.device_put(
+        jnp.asarray(class_means, jnp.float32), replicated)
     self.state = jax.device_put(TrainState(
         step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
         opt_state=self.optimizer.init(params)), replicated)
@@ -98,33 +145,42 @@ class Trainer:
 
   # ------------------------------------------------------------------ jitted pieces
 
-  def _augmented_batch(self, step, images, labels, permutation):
+  def _views(self, step, images, labels, permutation):
+    """This step's batch: (weak view[, strong view]) normalised, and the labels."""
     index = batching.batch_indices(permutation, step % self.steps_per_epoch, self.batch_size)
     index = jax.lax.with_sharding_constraint(index, self.batch_sharding)
+    raw = images[index]
     key = jax.random.fold_in(jax.random.key(self.config.seed), step)
-    batch = augment.random_crop_flip(key, images[index])
-    return augment.normalize(batch, self.mean, self.std), labels[index]
+    views = [augment.random_crop_flip(key, raw)]
+    if self.method.num_views == 2:
+      views.append(randaugment.strong_view(jax.random.fold_in(key, 1), raw))
+    return [augment.normalize(view, self.mean, self.std) for view in views], labels[index]
 
   def _step(self, state, teacher_state, images, labels, permutation):
     """One optimizer step; returns the new state and this batch's metrics."""
     epoch = state.step // self.steps_per_epoch
-    inputs, targets = self._augmented_batch(state.step, images, labels, permutation)
+    views, targets = self._views(state.step, images, labels, permutation)
+    single = self.method.num_views == 1
     teacher_out = None
     if self.method.needs_teacher:
       teacher = nnx.merge(self.teacher_def, teacher_state)
-      teacher_out = jax.lax.stop_gradient(ModelOutput(*teacher(inputs, train=False)))
+      teacher_out = [ModelOutput(*teacher(view, train=False)) for view in views]
+      teacher_out = jax.lax.stop_gradient(teacher_out[0] if single else tuple(teacher_out))
 
-    student = nnx.merge(self.student_def, state.params, state.model_state)
+    trainable = nnx.merge(self.student_def, state.params, state.model_state)
 
-    def loss_fn(student):
-      student_out = ModelOutput(*student(inputs, train=True))
-      total, terms = self.method.loss(student_out, teacher_out, targets, epoch)
-      return total, (terms, student_out.logits)
+    def loss_fn(trainable):
+      student_out = [ModelOutput(*trainable.student(view, train=True)) for view in views]
+      student_out = student_out[0] if single else tuple(student_out)
+      total, terms = self.method.loss(student_out, teacher_out, targets, epoch,
+                                      Aux(trainable.head, self.class_means))
+      first = student_out if single else student_out[0]
+      return total, (terms, first.logits)
 
     # nnx.value_and_grad: gradients w.r.t. the nnx.Params only; the BatchNorm statistics
-    # updated in the forward pass land back in `student`.
-    (total, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(student)
-    _, _, model_state = nnx.split(student, nnx.Param, ...)
+    # (and dropout RNG counts) updated in the forward pass land back in `trainable`.
+    (total, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(trainable)
+    _, _, model_state = nnx.split(trainable, nnx.Param, ...)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               model_state=model_state, opt_state=opt_state)
@@ -233,7 +289,8 @@ class Trainer:
                  progress["best_top1"], progress["best_epoch"])
 
   def student(self):
-    return nnx.merge(self.student_def, self.state.params, self.state.model_state)
+    """The trained student model (without any loss-only head)."""
+    return nnx.merge(self.student_def, self.state.params, self.state.model_state).student
 
 
 def _check_config(config):
@@ -294,6 +351,31 @@ def _train_teacher(config, workdir, dataset):
   return path
 
 
+def _cached_class_means(config, teacher, teacher_path, dataset, mesh, workdir):
+  """Teacher class means, computed once per (teacher, dataset) and cached beside the
+  teacher checkpoint (or in the workdir when that place is read-only)."""
+  name = f"class_means.{dataset.name}.{dataset.source}.{len(dataset.train_labels)}.npy"
+  beside = (os.path.join(teacher_path, name) if os.path.isdir(teacher_path)
+            else f"{teacher_path}.{name}")
+  places = [beside, os.path.join(workdir, name)]
+  expected = (dataset.num_classes, models.pooled_dim(config.teacher.model))
+  for path in places:
+    if os.path.exists(path):
+      means = np.load(path)
+      if means.shape == expected:
+        logging.info("teacher class means from %s", path)
+        return means
+  logging.info("computing the teacher's class means over the training split")
+  means = teacher_class_means(teacher, dataset, mesh, config.seed, config.eval_batch_size)
+  for path in places:
+    try:
+      np.save(path, means)
+      break
+    except OSError:
+      continue
+  return means
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None,
                        max_steps=None):
   """Runs (or resumes, or reports the finished) experiment `config` in `workdir`.
@@ -316,20 +398,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
                         synthetic_test_size=config.data.synthetic_test_size)
   # Everything that can be wrong with the inputs fails here, before the workdir is touched.
   teacher_dtype = DTYPES[config.teacher.dtype]
-  teacher = None
-  if method.needs_teacher and config.teacher.checkpoint:
-    teacher = checkpoint.load_teacher(config.teacher.checkpoint, config.teacher.model,
-                                      dataset.num_classes, dtype=teacher_dtype)
+  teacher, teacher_path = None, config.teacher.checkpoint
+  if method.needs_teacher and teacher_path:
+    teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, dataset.num_classes,
+                                      dtype=teacher_dtype)
   os.makedirs(workdir, exist_ok=True)
   _record_run(config, workdir, dataset.num_classes)
   if method.needs_teacher and teacher is None:
-    teacher = checkpoint.load_teacher(_train_teacher(config, workdir, dataset),
-                                      config.teacher.model, dataset.num_classes, dtype=teacher_dtype)
+    teacher_path = _train_teacher(config, workdir, dataset)
+    teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, dataset.num_classes,
+                                      dtype=teacher_dtype)
 
   mesh = data_mesh()
   student = models.create(config.student.model, dataset.num_classes,
                           rngs=nnx.Rngs(config.seed))
-  trainer = Trainer(config, dataset, student, teacher, method, mesh)
+  head = method.make_head(models.pooled_dim(config.student.model),
+                          models.pooled_dim(config.teacher.model), nnx.Rngs(config.seed + 1))
+  class_means = None
+  if method.needs_class_means:
+    class_means = _cached_class_means(config, teacher, teacher_path, dataset, mesh, workdir)
+  trainer = Trainer(config, dataset, student, teacher, method, mesh, head, class_means)
   start = time.perf_counter()
   progress = trainer.run(workdir, max_steps)
   if "stopped_at" in progress:

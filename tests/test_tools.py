@@ -73,6 +73,10 @@ def fake_runs(tmp_path):
             [40.0], False, ("kd",))
   write_run(root / "cifar_ce" / "resnet20" / "seed0", {"name": "ce"}, "resnet20", "resnet32x4",
             0, [68.0, 69.0, 69.5, 69.25], True)
+  # A run that failed while its teacher trained: config.json only, no metrics yet.
+  failed = root / "cifar_cskd" / "res56_res20" / "seed2"
+  write_run(failed / "teacher", {"name": "ce"}, "resnet56", "resnet56", 2, [70.0], False)
+  (failed / "config.json").write_text((failed / "teacher" / "config.json").read_text())
   return str(root)
 
 
@@ -94,7 +98,9 @@ def test_run_best_and_last_from_metrics(root):
 
 
 def test_markdown_table_numbers(root):
-  text = summarize.table(root, "markdown")
+  warnings = []
+  text = summarize.table(root, "markdown", warn=warnings.append)
+  assert not warnings
   lines = text.splitlines()
   assert lines[0] == "| teacher→student | teacher top-1 | cifar_ce | cifar_cskd | cifar_kd |"
   # Rows in METHODS.md order, runs alone last.
@@ -126,6 +132,18 @@ def test_csv_unrounded_statistics(root):
   assert alone["best_std"] == "" and alone["status"] == "finished"
 
 
+def test_warns_when_seeds_differ_in_config(root):
+  path = os.path.join(root, "cifar_cskd", "res56_res20", "seed1", "config.json")
+  with open(path) as f:
+    config = json.load(f)
+  with open(path, "w") as f:
+    json.dump(config | {"num_epochs": 240, "seed": 7}, f)
+  warnings = []
+  summarize.table(root, "long", warn=warnings.append)
+  assert warnings == ["warning: cifar_cskd on resnet56→resnet20 mixes configs differing in "
+                      "num_epochs"]
+
+
 def test_long_table_and_cli(root):
   result = subprocess.run([sys.executable, "-m", "kd_jax.tools.summarize", f"--root={root}",
                            "--format=long"], capture_output=True, text=True, check=True,
@@ -140,6 +158,8 @@ def test_published_lookup():
   assert published.alone("wrn_40_2") == 75.61 and published.alone("MobileNetV2") == 64.60
   assert published.published_method({"name": "kd", "nd_weight": 2.0}) == "KD++"
   assert published.published_method({"name": "dkd", "nd_weight": 0.0}) == "DKD"
+  assert published.published_method({"name": "kd_nd", "nd_weight": 2.0}) == "KD++"
+  assert published.published_method({"name": "dkd_nd", "nd_weight": 1.0}) == "DKD++"
   assert published.published_method({"name": "kd", "standardize": True}) is None
   assert published.published_method({"name": "cskd", "nd_weight": 1.0}) is None
   config = {"data": {"dataset": "cifar10"}, "student": {"model": "resnet20"},
@@ -207,6 +227,15 @@ def test_sweep_print_commands_relative_to_repo():
       "--workdir=runs_that_do_not_exist/cifar_dkd/vgg13_vgg8/seed3 --config.seed=3",
       "python main.py --config=configs/cifar_dkd.py:res50_mbv2 "
       "--workdir=runs_that_do_not_exist/cifar_dkd/res50_mbv2/seed3 --config.seed=3"]
+
+
+def test_sweep_config_variants():
+  """FILE:VARIANT runs --config=FILE:VARIANT,PAIR in its own method folder."""
+  jobs = sweep.make_jobs(["configs/cifar_nd.py:dkd_nd", "configs/cifar_nd.py"], ["res56_res20"],
+                         ["1"], os.path.join(REPO_ROOT, "runs"))
+  assert [(j.workdir, j.command("python")[2]) for j in jobs] == [
+      ("runs/cifar_nd.dkd_nd/res56_res20/seed1", "--config=configs/cifar_nd.py:dkd_nd,res56_res20"),
+      ("runs/cifar_nd/res56_res20/seed1", "--config=configs/cifar_nd.py:res56_res20")]
 
 
 def test_sweep_rejects_unknown_pair_before_running():

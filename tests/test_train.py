@@ -77,7 +77,7 @@ def test_one_step_on_8_devices_equals_1_device(config_module, dataset, teacher_d
     trainer = train.Trainer(config, dataset, student, teacher, method, train.data_mesh(devices))
     state, sums = trainer.train_step(trainer.state, trainer._zero_metrics(), trainer.teacher_state,
                                      trainer.train_images, trainer.train_labels, trainer.permutation(0))
-    assert len(state.params["conv1"]["kernel"][...].sharding.device_set) == len(devices)
+    assert len(state.params["student"]["conv1"]["kernel"][...].sharding.device_set) == len(devices)
     results.append(jax.device_get((sums, state.params, state.model_state)))
   (sums_1, params_1, stats_1), (sums_8, params_8, stats_8) = results
   assert sums_1.keys() == sums_8.keys() and "loss" in sums_1

@@ -2,17 +2,25 @@
 import dataclasses
 
 from kd_jax.errors import UserError
-from kd_jax.methods.base import Method, ModelOutput, cross_entropy
+from kd_jax.methods.base import Aux, Method, ModelOutput, cross_entropy
 from kd_jax.methods.ce import CrossEntropy
 from kd_jax.methods.cskd import CSKD
+from kd_jax.methods.cskd_mv import CSKDMultiView
+from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
+from kd_jax.methods.nd import CSKDND, DKDND, KDND
 
 METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
     "kd": KD,
     "dkd": DKD,
+    "dist": DIST,
     "cskd": CSKD,
+    "cskd_mv": CSKDMultiView,
+    "kd_nd": KDND,
+    "dkd_nd": DKDND,
+    "cskd_nd": CSKDND,
 }
 
 
@@ -40,4 +48,4 @@ def create(method_config) -> Method:
   return cls(**settings)
 
 
-__all__ = ["METHODS", "Method", "ModelOutput", "create", "cross_entropy"]
+__all__ = ["METHODS", "Aux", "Method", "ModelOutput", "create", "cross_entropy"]

@@ -1,11 +1,16 @@
 """The narrow interface between a distillation method and the train step.
 
-A method is a frozen dataclass built from `config.method`; the train step calls
-`method.loss(student, teacher, labels, epoch)` inside its one jit, where `student` and
-`teacher` are `ModelOutput`s (teacher is None when `needs_teacher` is False) and `epoch`
-is the 0-based epoch index as a traced integer (for warm-ups). It returns the total loss
-and a dict of scalars to log: each loss term weighted as it enters the total, plus any
-diagnostics (e.g. the mean CSWT temperature) that are not part of the total.
+A method is a frozen dataclass built from `config.method`. Inside its one jit the train
+step calls
+
+    total, metrics = method.loss(student, teacher, labels, epoch, aux)
+
+`student` / `teacher` are `ModelOutput`s (teacher None when `needs_teacher` is False);
+a method with `num_views = 2` gets a (weak, strong) pair of each instead. `epoch` is the
+0-based epoch as a traced integer (for warm-ups). `aux` carries what only some methods
+use: their trainable `head` (built by `make_head`, trained with the student) and
+teacher `class_means` (computed once when `needs_class_means`). `metrics` holds each
+loss term weighted as it enters the total, plus diagnostics that are not in the total.
 """
 import dataclasses
 from typing import Any, NamedTuple
@@ -19,6 +24,12 @@ class ModelOutput(NamedTuple):
   """What a kd_jax model returns: logits [B, C] and features ({'pooled': [B, d], ...})."""
   logits: jax.Array
   features: dict[str, Any]
+
+
+class Aux(NamedTuple):
+  """Per-method extras: a trainable head (nnx.Module) and teacher class means [C, d]."""
+  head: Any = None
+  class_means: Any = None
 
 
 def cross_entropy(logits, labels):
@@ -36,6 +47,13 @@ def linear_warmup(epoch, warmup_epochs):
 class Method:
   """Base class: subclasses declare their config fields as dataclass fields."""
   needs_teacher = True
+  needs_class_means = False
+  num_views = 1
 
-  def loss(self, student: ModelOutput, teacher: ModelOutput | None, labels, epoch):
+  def make_head(self, student_dim, teacher_dim, rngs):
+    """A trainable module used only by the loss (e.g. ND's projection), or None."""
+    del student_dim, teacher_dim, rngs
+    return None
+
+  def loss(self, student, teacher, labels, epoch, aux: Aux):
     raise NotImplementedError

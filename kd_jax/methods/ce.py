@@ -8,6 +8,6 @@ from kd_jax.methods.base import Method, cross_entropy
 class CrossEntropy(Method):
   needs_teacher = False
 
-  def loss(self, student, teacher, labels, epoch):
+  def loss(self, student, teacher, labels, epoch, aux):
     ce = cross_entropy(student.logits, labels)
     return ce, {"ce": ce}

@@ -20,7 +20,7 @@ class CSKD(Method):
   t_low: float = 2.0
   t_high: float = 6.0
 
-  def loss(self, student, teacher, labels, epoch):
+  def loss(self, student, teacher, labels, epoch, aux):
     terms = {
         "ce": self.ce_weight * cross_entropy(student.logits, labels),
         "cskd": self.weight * losses.cskd(student.logits, teacher.logits, self.temperature),

@@ -17,7 +17,7 @@ class DKD(Method):
   warmup_epochs: int = 20
   standardize: bool = False
 
-  def loss(self, student, teacher, labels, epoch):
+  def loss(self, student, teacher, labels, epoch, aux):
     student_logits, teacher_logits = student.logits, teacher.logits
     if self.standardize:
       student_logits = losses.logit_standardize(student_logits)

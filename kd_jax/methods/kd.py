@@ -16,7 +16,7 @@ class KD(Method):
   temperature: float = 4.0
   standardize: bool = False
 
-  def loss(self, student, teacher, labels, epoch):
+  def loss(self, student, teacher, labels, epoch, aux):
     student_logits, teacher_logits = student.logits, teacher.logits
     if self.standardize:
       student_logits = losses.logit_standardize(student_logits)

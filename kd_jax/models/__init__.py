@@ -20,6 +20,8 @@ indices line up. Leaf names and layouts:
   Linear weight (out, in) <-> kernel (in, out); bias <-> bias
   BatchNorm weight / bias / running_mean / running_var <-> scale / bias / mean / var
   num_batches_tracked is ignored.
+BatchNorms are layers.BatchNorm (an nnx.BatchNorm whose running_var uses the unbiased
+batch variance, as PyTorch), eps 1e-5, momentum 0.1 in PyTorch terms.
 """
 import jax.numpy as jnp
 

@@ -10,9 +10,9 @@ When a group has finished runs, only those enter the statistics and the others a
 ('+1 running: epoch 3/240, best 41.20'); a group with none finished shows its running runs'
 numbers marked '(running, epoch 3/240)'.
 
-The method of a run is its config file's stem when the run lies in the sweep layout
-ROOT/<config-stem>/<arg>/seed<N> (so cskd and cskd with --config.method.cswt=False are
-told apart by file), otherwise config.method.name.
+The method of a run is the folder name <method> when the run lies in the sweep layout
+ROOT/<method>/<pair>/seed<N> (the config file's stem, e.g. cifar_cskd, or stem.VARIANT,
+e.g. cifar_nd.dkd_nd: see kd_jax.tools.sweep), otherwise config.method.name.
 """
 import csv
 import dataclasses
@@ -47,7 +47,7 @@ def read_jsonl(path):
   return records
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # runs compare by identity
 class Run:
   """One workdir: its resolved config and its metrics, read from metrics.jsonl."""
   path: str
@@ -101,7 +101,7 @@ class Run:
 
 
 def method_label(path, config):
-  """Config stem for ROOT/<stem>/<arg>/seed<N> workdirs, else config.method.name."""
+  """<method> for ROOT/<method>/<pair>/seed<N> workdirs, else config.method.name."""
   path = os.path.abspath(path)
   if _SEED_DIR.match(os.path.basename(path)):
     stem = os.path.basename(os.path.dirname(os.path.dirname(path)))
@@ -124,12 +124,17 @@ def load_run(path):
 
 
 def find_runs(root):
-  """Workdirs under `root` (itself included), not descending into a run (nested teachers)."""
+  """Workdirs under `root` (itself included) with metrics; never a run inside a run.
+
+  A folder with config.json is a run's workdir (metrics.jsonl appears once it trains), so
+  its subfolders, such as the teacher a smoke run trains first, are not searched.
+  """
   found = []
   for path, dirnames, filenames in os.walk(root):
     dirnames.sort()
-    if "config.json" in filenames and "metrics.jsonl" in filenames:
-      found.append(path)
+    if "config.json" in filenames:
+      if "metrics.jsonl" in filenames:
+        found.append(path)
       dirnames[:] = []
     else:
       dirnames[:] = [d for d in dirnames if d not in ("checkpoints", "tensorboard")]
@@ -158,10 +163,15 @@ def _flatten(tree, prefix=""):
   return flat
 
 
+# Config keys that may differ between the seeds of one group without changing the method.
+IGNORED_KEYS = {"seed", "data.data_dir", "teacher.checkpoint", "log_every_steps",
+                "checkpoint_keep", "eval_batch_size"}
+
+
 def config_differences(runs):
-  """Config keys (other than the seed) whose values differ between `runs`."""
+  """Config keys (other than IGNORED_KEYS) whose values differ between `runs`."""
   flats = [_flatten(r.config) for r in runs]
-  keys = set().union(*flats) - {"seed"}
+  keys = set().union(*flats) - IGNORED_KEYS
   return sorted(k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1)
 
 

@@ -1,4 +1,4 @@
-"""Runs configs x pairs x seeds, one main.py subprocess each, in ROOT/<config-stem>/<pair>/seed<N>.
+"""Runs configs x pairs x seeds, one main.py subprocess each, in ROOT/<method>/<pair>/seed<N>.
 
   python -m kd_jax.tools.sweep --configs=configs/cifar_kd.py,configs/cifar_cskd.py \
       --pairs=res56_res20,res32x4_res8x4 --seeds=0,1,2 --root=runs \
@@ -10,7 +10,11 @@ checkpoint). A failing run is reported and the sweep goes on; the exit status is
 failed. --print_commands prints only the commands, one per line, for a launch script to
 spread over machines (`python` unless --python is given; paths relative to the repo root).
 A "pair" is whatever the config file's get_config takes: a pair of
-configs/cifar_common.PAIRS, 'smoke', or a model name for configs/cifar_ce.py.
+configs/cifar_common.PAIRS, 'smoke', or a model name for configs/cifar_ce.py. Configs
+whose argument is 'VARIANT,PAIR' (cifar_nd.py, cifar_ls.py) are named FILE:VARIANT, e.g.
+--configs=configs/cifar_nd.py:dkd_nd; the run then gets --config=FILE:VARIANT,PAIR and
+<method> is the file's stem, plus '.VARIANT' when given (cifar_nd.dkd_nd): that folder
+name is the method kd_jax.tools.summarize reports.
 """
 import dataclasses
 import importlib.util
@@ -23,6 +27,8 @@ from absl import app
 from absl import flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLAGS = flags.FLAGS
+
 
 @dataclasses.dataclass
 class Job:
@@ -31,9 +37,14 @@ class Job:
   pair: str
   seed: int
   workdir: str  # relative to the repo root when inside it
+  variant: str = ""  # prefix of the config argument: 'VARIANT,PAIR'
+
+  @property
+  def arg(self):
+    return f"{self.variant},{self.pair}" if self.variant else self.pair
 
   def command(self, python, extra=()):
-    return [python, "main.py", f"--config={self.config}:{self.pair}",
+    return [python, "main.py", f"--config={self.config}:{self.arg}",
             f"--workdir={self.workdir}", f"--config.seed={self.seed}", *extra]
 
   @property
@@ -56,17 +67,17 @@ def find_config(path):
   raise ValueError(f"config file {path!r} not found (here or in {REPO_ROOT})")
 
 
-def check_config(config, pair):
-  """Builds the config for `pair` now, so a typo fails before hours of earlier runs."""
+def check_config(config, arg):
+  """Builds `config` for `arg` now, so a typo fails before hours of earlier runs."""
   sys.path.insert(0, REPO_ROOT)  # config files import `configs.cifar_common`
   try:
     spec = importlib.util.spec_from_file_location("_sweep_config",
                                                   os.path.join(REPO_ROOT, config))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.get_config(pair)
+    module.get_config(arg)
   except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(f"{config}:{pair}: {type(error).__name__}: {error}") from error
+    raise ValueError(f"{config}:{arg}: {type(error).__name__}: {error}") from error
   finally:
     sys.path.remove(REPO_ROOT)
 
@@ -74,13 +85,15 @@ def check_config(config, pair):
 def make_jobs(configs, pairs, seeds, root):
   """The product configs x pairs x seeds, in that nesting order."""
   jobs = []
-  for config in configs:
+  for entry in configs:
+    config, _, variant = entry.partition(":")
     config = find_config(config)
-    stem = os.path.splitext(os.path.basename(config))[0]
+    method = os.path.splitext(os.path.basename(config))[0] + (f".{variant}" if variant else "")
     for pair in pairs:
       for seed in seeds:
-        workdir = repo_path(os.path.join(root, stem, pair, f"seed{int(seed)}"))
-        jobs.append(Job(config=config, pair=pair, seed=int(seed), workdir=workdir))
+        workdir = repo_path(os.path.join(root, method, pair, f"seed{int(seed)}"))
+        jobs.append(Job(config=config, pair=pair, seed=int(seed), workdir=workdir,
+                        variant=variant))
   return jobs
 
 
@@ -105,10 +118,10 @@ def run_sweep(jobs, python, extra=(), dry_run=False, out=sys.stdout):
 
 def define_flags():
   """Flags of the command line only (the tools share names, so not at import)."""
-  flags.DEFINE_list("configs", None, "Config files (one method each).")
+  flags.DEFINE_list("configs", None, "Config files (one method each), FILE or FILE:VARIANT.")
   flags.DEFINE_list("pairs", None, "Config arguments: pair names, 'smoke'...")
   flags.DEFINE_list("seeds", ["0"], "Seeds (integers); each sets --config.seed.")
-  flags.DEFINE_string("root", "runs", "Workdirs go to ROOT/<config-stem>/<pair>/seed<N>.")
+  flags.DEFINE_string("root", "runs", "Workdirs go to ROOT/<method>/<pair>/seed<N>.")
   flags.DEFINE_string("extra", "", "More main.py flags for every run (shell-quoted).")
   flags.DEFINE_bool("dry_run", False, "Print the commands and skips, run nothing.")
   flags.DEFINE_bool("print_commands", False, "Print only the commands still to run, one per "
@@ -118,15 +131,14 @@ def define_flags():
 
 
 def main(argv):
-  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.configs or not FLAGS.pairs:
     raise app.UsageError("--configs and --pairs are required")
   try:
     jobs = make_jobs(FLAGS.configs, FLAGS.pairs, FLAGS.seeds, FLAGS.root)
-    for config, pair in dict.fromkeys((job.config, job.pair) for job in jobs):
-      check_config(config, pair)
+    for config, arg in dict.fromkeys((job.config, job.arg) for job in jobs):
+      check_config(config, arg)
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

@@ -1,0 +1,64 @@
+"""Multi-view CSKD as in the public code (METHODS.md 4.3), on the MLKD weak/strong views.
+
+  CE(weak) + CE(strong)
+  + m * w [cskd_w(T) + cskd_w(T_i)] + w [cskd_s(T) + cskd_s(T_i)]
+  + c * cc_weight [cc_w(T) + cc_w(T_i)] + m * bc_weight [bc_w(T) + bc_w(T_i)]
+
+T_i (CSWT) come from the weak view and are reused for the strong one. From the teacher's
+weak-view probabilities at T = 1: m = fraction of samples whose max probability is <=
+the batch median, c = fraction of classes whose summed probability is <= the class
+median (linear-interpolation percentiles, as numpy's default).
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from kd_jax import losses
+from kd_jax.methods.base import Method, cross_entropy
+
+
+def median_masks(teacher_logits):
+  """(m, c): the sample- and class-confidence fractions of the reference code."""
+  probs = jax.lax.stop_gradient(jax.nn.softmax(teacher_logits.astype(jnp.float32), axis=-1))
+  confidence = jnp.max(probs, axis=-1)
+  class_confidence = jnp.sum(probs, axis=0)
+  sample_fraction = jnp.mean(confidence <= jnp.percentile(confidence, 50))
+  class_fraction = jnp.mean(class_confidence <= jnp.percentile(class_confidence, 50))
+  return sample_fraction, class_fraction
+
+
+@dataclasses.dataclass(frozen=True)
+class CSKDMultiView(Method):
+  num_views = 2
+  ce_weight: float = 1.0
+  weight: float = 2.0
+  cc_weight: float = 1.0
+  bc_weight: float = 1.0
+  temperature: float = 4.0
+  t_low: float = 2.0
+  t_high: float = 6.0
+
+  def loss(self, student, teacher, labels, epoch, aux):
+    (student_weak, student_strong), (teacher_weak, teacher_strong) = student, teacher
+    temperatures = losses.cswt_temperatures(student_weak.logits, teacher_weak.logits,
+                                            self.t_low, self.t_high)
+    sample_fraction, class_fraction = median_masks(teacher_weak.logits)
+
+    def both(loss_fn, s, t):  # the fixed and the CSWT temperature
+      return loss_fn(s.logits, t.logits, self.temperature) + loss_fn(s.logits, t.logits,
+                                                                     temperatures)
+
+    terms = {
+        "ce": self.ce_weight * (cross_entropy(student_weak.logits, labels)
+                                + cross_entropy(student_strong.logits, labels)),
+        "cskd_weak": sample_fraction * self.weight * both(losses.cskd, student_weak, teacher_weak),
+        "cskd_strong": self.weight * both(losses.cskd, student_strong, teacher_strong),
+        "cc_weak": class_fraction * self.cc_weight * both(
+            losses.class_correlation_distance, student_weak, teacher_weak),
+        "bc_weak": sample_fraction * self.bc_weight * both(
+            losses.batch_correlation_distance, student_weak, teacher_weak),
+    }
+    diagnostics = {"cswt_t_mean": jnp.mean(temperatures), "cswt_t_std": jnp.std(temperatures),
+                   "sample_mask": sample_fraction, "class_mask": class_fraction}
+    return sum(terms.values()), terms | diagnostics
