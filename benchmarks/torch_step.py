@@ -11,6 +11,7 @@ models are tests/torch_reference.py's ports of mdistiller's. Prints one JSON lin
 """
 import argparse
 import os
+import re
 import time
 
 import numpy as np
@@ -23,6 +24,17 @@ from tests import torch_reference
 MEAN = (0.5071, 0.4867, 0.4408)  # CIFAR-100, METHODS.md section 6
 STD = (0.2675, 0.2565, 0.2761)
 METHODS = ("ce", "kd")
+
+
+def create_model(name, num_classes=100):
+  """tests/torch_reference.py's model `name`; any CIFAR resnet<6n+2>[x4] depth too."""
+  if name in torch_reference.MODELS:
+    return torch_reference.MODELS[name](num_classes)
+  match = re.fullmatch(r"resnet(\d+)(x4)?", name)
+  if not match:
+    raise ValueError(f"no PyTorch model {name!r}; valid: {', '.join(torch_reference.MODELS)}")
+  widths = [32, 64, 128, 256] if match.group(2) else [16, 16, 32, 64]
+  return torch_reference.CifarResNet(int(match.group(1)), widths, num_classes)
 
 
 def kd_loss(student_logits, teacher_logits, temperature):
@@ -56,11 +68,11 @@ class TorchStep:
     self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
     self.teacher = None
     if method == "kd":
-      self.teacher = torch_reference.MODELS[teacher_name](num_classes).to(
+      self.teacher = create_model(teacher_name, num_classes).to(
           self.device, memory_format=self.memory_format).eval()
       for p in self.teacher.parameters():
         p.requires_grad_(False)
-    self.student = torch_reference.MODELS[student_name](num_classes).to(
+    self.student = create_model(student_name, num_classes).to(
         self.device, memory_format=self.memory_format).train()
     self.optimizer = torch.optim.SGD(self.student.parameters(), lr=0.05, momentum=0.9,
                                      weight_decay=5e-4)

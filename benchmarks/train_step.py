@@ -81,13 +81,15 @@ class Variant:
   """One (pair, method, teacher dtype): its Trainer with a random-weight teacher."""
 
   def __init__(self, pair, method, teacher_dtype, batch_size, dataset, loop_steps):
+    import jax  # pylint: disable=g-import-not-at-top
     from flax import nnx  # pylint: disable=g-import-not-at-top
     from kd_jax import methods, models, train  # pylint: disable=g-import-not-at-top
     config = method_config(pair, method)
     config.batch_size = batch_size
     config.teacher.checkpoint, config.teacher.dtype = "", teacher_dtype
-    test_size = len(dataset.test_labels)
-    config.eval_batch_size = min(1000, test_size)
+    devices = len(jax.devices())
+    per_device = -(-min(1000, len(dataset.test_labels)) // devices)
+    config.eval_batch_size = per_device * devices  # one batch covers a small test set
     config.log_every_steps = max(1, loop_steps * REAL_LOG_EVERY // REAL_STEPS_PER_EPOCH)
     self.config, self.pair, self.method_name = config, pair, method
     self.method = methods.create(config.method)

@@ -7,12 +7,12 @@ value ranges, Cutout geometry, determinism, jit and 8-device sharding.
 import importlib.util
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kd_jax.data import randaugment as ra
+from kd_jax.data.augment import random_crop_flip
 
 HAS_PIL = importlib.util.find_spec('PIL') is not None
 needs_pil = pytest.mark.skipif(not HAS_PIL, reason='Pillow not installed: no PIL reference')
@@ -21,10 +21,10 @@ needs_pil = pytest.mark.skipif(not HAS_PIL, reason='Pillow not installed: no PIL
 
 
 def _test_images(seed=0):
-  """16 small images of 4 kinds: full-range noise, mid-range noise, few levels, smooth ramps.
+  """16 images of 4 kinds: full-range noise, mid-range noise, 8 levels, smooth random walks.
 
-  Values avoid nothing in particular: flat areas, repeated levels and narrow ranges are
-  what exercises the histogram ops (equalize's step, autocontrast's span) and the blends.
+  Narrow ranges, repeated levels and flat areas exercise the histogram ops (equalize's step,
+  autocontrast's span) and the rounding of the blends.
   """
   rng = np.random.default_rng(seed)
   out = []
@@ -155,7 +155,7 @@ def test_lut_ops_match_numpy():
   stretched = np.where(hi > lo, (x - lo) * 255 // np.maximum(hi - lo, 1), x)
   np.testing.assert_array_equal(ra.auto_contrast(images), stretched)
   np.testing.assert_array_equal(ra.equalize(images), np.stack([_np_equalize(i) for i in images]))
-  assert (np.asarray(ra.equalize(images))[5, 3, 9, 0] == 255)  # Table value 256, clipped.
+  assert np.asarray(ra.equalize(images))[5, 3, 9, 0] == 255  # Table value 256, clipped.
   np.testing.assert_array_equal(ra.equalize(images)[1], images[1])  # Flat: unchanged.
 
 
@@ -168,7 +168,8 @@ def test_enhance_ops_match_numpy():
   np.testing.assert_array_equal(ra.brightness(images, factors), blend(np.zeros_like(x)))
   xi = images.astype(np.int64)
   grey = (xi[..., 0] * 19595 + xi[..., 1] * 38470 + xi[..., 2] * 7471 + 0x8000) >> 16
-  np.testing.assert_array_equal(ra.color(images, factors), blend(grey[..., None].astype(np.float32)))
+  grey_rgb = grey[..., None].astype(np.float32)
+  np.testing.assert_array_equal(ra.color(images, factors), blend(grey_rgb))
   mean = np.floor(grey.mean(axis=(1, 2)) + 0.5)[:, None, None, None].astype(np.float32)
   np.testing.assert_array_equal(ra.contrast(images, factors), blend(mean))
   box = sum(xi[:, i:30 + i, j:30 + j] for i in range(3) for j in range(3))
@@ -180,7 +181,7 @@ def test_enhance_ops_match_numpy():
 
 def test_affine_ops_match_numpy():
   images = _test_images()[:4]
-  # Translations by whole pixels (+0.5 px rounds down at the pixel centres): a zero-filled shift.
+  # Translation by t px: out(x) = in(floor(x + 0.5 + t)), a zero-filled shift by floor(t + .5).
   shifts = np.array([3, -5, 0, 9.5], np.float32)
   out = np.asarray(ra.translate_x(images, shifts / 32))
   for image, shift, got in zip(images, shifts, out):
@@ -221,13 +222,12 @@ def test_ops_at_their_identity_value_change_nothing():
 
 def test_apply_ops_gives_each_sample_its_own_op():
   images = _test_images()[:14]
-  rng = np.random.default_rng(2)
-  ops = rng.permutation(14).astype(np.int32)
+  ops = np.random.default_rng(2).permutation(14).astype(np.int32)
   values = np.array([_values(ra.OP_NAMES[i], 3, seed=i)[2] for i in ops], np.float32)
   out = np.asarray(jax.jit(ra.apply_ops)(images, ops, values))
-  for b, (i, value) in enumerate(zip(ops, values)):
-    expected = ra.OPS[i][1](images[b:b + 1], value[None])[0]
-    np.testing.assert_array_equal(out[b], expected, err_msg=ra.OP_NAMES[i])
+  every_op = jax.jit(lambda x, v: [op(x, v) for _, op, *_ in ra.OPS])(images, values)
+  for b, i in enumerate(ops):
+    np.testing.assert_array_equal(out[b], every_op[i][b], err_msg=ra.OP_NAMES[i])
 
 
 def test_value_ranges_are_mlkd_at_10_and_identity_at_0():
@@ -315,36 +315,45 @@ def test_cutout_per_sample_sizes_and_fill():
 
 # ---------------------------------------------------------------- the strong view
 
+_strong_view = jax.jit(ra.strong_view, static_argnames=('num_ops', 'cutout_size'))
+
 
 def test_strong_view_is_keyed_per_sample_and_keeps_dtype_shape():
   images = _test_images()
-  view = jax.jit(ra.strong_view)
-  out = np.asarray(view(jax.random.key(0), images))
+  out = np.asarray(_strong_view(jax.random.key(0), images))
   assert out.dtype == np.uint8 and out.shape == images.shape
-  np.testing.assert_array_equal(out, np.asarray(view(jax.random.key(0), images)))
-  assert not np.array_equal(out, np.asarray(view(jax.random.key(1), images)))
+  np.testing.assert_array_equal(out, np.asarray(_strong_view(jax.random.key(0), images)))
+  assert not np.array_equal(out, np.asarray(_strong_view(jax.random.key(1), images)))
   same = np.repeat(images[:1], 16, axis=0)
-  outs = np.asarray(view(jax.random.key(0), same)).reshape(16, -1)
+  outs = np.asarray(_strong_view(jax.random.key(0), same)).reshape(16, -1)
   assert len(np.unique(outs, axis=0)) == 16
 
 
 def test_strong_view_is_crop_flip_then_rand_augment_then_cutout():
   images = _test_images()
   key = jax.random.key(5)
-  crop_key, augment_key, size_key, cutout_key = jax.random.split(key, 4)
-  from kd_jax.data.augment import random_crop_flip  # pylint: disable=g-import-not-at-top
-  expected = ra.rand_augment(augment_key, random_crop_flip(crop_key, images))
-  sizes = jax.random.randint(size_key, (16,), 1, 17)
-  expected = ra.cutout(cutout_key, expected, sizes)
-  np.testing.assert_array_equal(ra.strong_view(key, images), expected)
-  fixed = ra.strong_view(key, images, cutout_size=16)
-  assert not np.array_equal(fixed, expected)
+
+  def composed(key, images):
+    crop_key, augment_key, size_key, cutout_key = jax.random.split(key, 4)
+    images = ra.rand_augment(augment_key, random_crop_flip(crop_key, images))
+    sizes = jax.random.randint(size_key, (16,), 1, 17)  # MLKD: side floor(U[0, 16)) + 1.
+    return ra.cutout(cutout_key, images, sizes)
+
+  np.testing.assert_array_equal(_strong_view(key, images), jax.jit(composed)(key, images))
+  # Without ops and with a fixed side: a crop/flip with one clipped 16 px square painted.
+  images = np.random.default_rng(4).integers(1, 100, (16, 32, 32, 3)).astype(np.uint8)
+  out = np.asarray(_strong_view(key, images, num_ops=0, cutout_size=16))
+  cropped = np.asarray(random_crop_flip(jax.random.split(key, 4)[0], images))
+  for before, after in zip(cropped, out):
+    rows, cols = _painted_box(before, after)
+    _clipped_side(rows, 16)
+    _clipped_side(cols, 16)
 
 
-def test_strong_view_same_on_8_sharded_devices_as_unsharded_and_unjitted():
+def test_strong_view_same_on_8_sharded_devices():
   images = _test_images()
-  key = jax.random.key(7)
+  key = jax.random.key(0)
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
   sharded = jax.device_put(images, NamedSharding(mesh, P('data')))
   out = jax.jit(ra.strong_view)(key, sharded)
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(ra.strong_view(key, images)))
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(_strong_view(key, images)))

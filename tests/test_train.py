@@ -146,3 +146,15 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
     error_lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
   assert not os.path.exists(workdir) or not os.listdir(workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cifar_ce.py:smoke", "cifar_kd.py:smoke", "cifar_dkd.py:smoke",
+                                    "cifar_dist.py:smoke", "cifar_ls.py:kd,smoke",
+                                    "cifar_ls.py:dkd,smoke", "cifar_nd.py:kd_nd,smoke",
+                                    "cifar_nd.py:dkd_nd,smoke", "cifar_nd.py:cskd_nd,smoke",
+                                    "cifar_cskd_mv.py:smoke"])
+def test_every_smoke_config_runs_from_main(tmp_path, config):
+  result = _main(f"--config=configs/{config}", f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert len(read_metrics(str(tmp_path), "eval")) == 2

@@ -1,0 +1,49 @@
+"""The speed benchmarks run end to end on tiny models and report the promised fields."""
+import importlib.util
+
+import pytest
+
+from benchmarks import train_step
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+FIELDS = ("pair", "method", "batch_size", "mode", "images_per_second", "step_ms",
+          "compile_s", "device", "platform", "cpu_count", "framework")
+
+
+def test_step_loop_and_torch_records(tmp_path):
+  """resnet8 -> resnet8, batch 16, 2 timed steps: step, loop, torch and ratio lines."""
+  records = train_step.run(["resnet8:resnet8"], ["kd", "no_such_method"], batch_size=16,
+                           steps=2, repeats=1, mode="both", loop_steps=2,
+                           compare_torch=HAS_TORCH, workdir=str(tmp_path))
+  kinds = {}
+  for record in records:
+    kinds.setdefault(record["kind"], []).append(record)
+  assert any("no_such_method" in r["note"] for r in kinds["note"])
+
+  measured = {(r["framework"], r["mode"]): r for r in kinds["measurement"]}
+  expected = {("kd_jax", "step"), ("kd_jax", "loop")} | ({("torch", "step")} if HAS_TORCH
+                                                         else set())
+  assert set(measured) == expected
+  for record in measured.values():
+    assert all(field in record for field in FIELDS), record
+    assert record["pair"] == "resnet8:resnet8" and record["method"] == "kd"
+    assert record["batch_size"] == 16 and record["images_per_second"] > 0
+    assert record["step_ms"] > 0 and record["compile_s"] > 0
+  jax_step = measured[("kd_jax", "step")]
+  assert {"jax", "flax"} <= set(jax_step)
+  assert measured[("kd_jax", "loop")]["steps_per_epoch"] == 2
+
+  ratios = {r["ratio"].split(" ")[0]: r["value"] for r in kinds["ratio"]}
+  assert ratios["loop/step"] > 0
+  if HAS_TORCH:
+    assert ratios["kd_jax/torch"] > 0
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+def test_torch_step_alone():
+  """The standalone PyTorch benchmark: one JSON-ready record per method."""
+  from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+  records = torch_step.measure(["resnet8:resnet8"], ["kd", "ce"], batch_size=8, steps=1,
+                               repeats=1)
+  assert [r["method"] for r in records] == ["kd", "ce"]
+  assert all(r["framework"] == "torch" and r["images_per_second"] > 0 for r in records)
