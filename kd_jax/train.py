@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from kd_jax import checkpoint, data, losses, methods, models
-from kd_jax.data import augment, batching, randaugment
+from kd_jax.data import augment, batching
 from kd_jax.errors import UserError
 from kd_jax.methods import Aux, ModelOutput
 from kd_jax.metrics import MetricWriter, Progress
@@ -149,11 +149,8 @@ class Trainer:
     """This step's batch: (weak view[, strong view]) normalised, and the labels."""
     index = batching.batch_indices(permutation, step % self.steps_per_epoch, self.batch_size)
     index = jax.lax.with_sharding_constraint(index, self.batch_sharding)
-    raw = images[index]
     key = jax.random.fold_in(jax.random.key(self.config.seed), step)
-    views = [augment.random_crop_flip(key, raw)]
-    if self.method.num_views == 2:
-      views.append(randaugment.strong_view(jax.random.fold_in(key, 1), raw))
+    views = self.method.views(key, images[index])
     return [augment.normalize(view, self.mean, self.std) for view in views], labels[index]
 
   def _step(self, state, teacher_state, images, labels, permutation):

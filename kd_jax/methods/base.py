@@ -6,7 +6,8 @@ step calls
     total, metrics = method.loss(student, teacher, labels, epoch, aux)
 
 `student` / `teacher` are `ModelOutput`s (teacher None when `needs_teacher` is False);
-a method with `num_views = 2` gets a (weak, strong) pair of each instead. `epoch` is the
+a method with `num_views = 2` gets a (weak, strong) pair of each instead, from its
+`views` (the augmentation is the method's choice). `epoch` is the
 0-based epoch as a traced integer (for warm-ups). `aux` carries what only some methods
 use: their trainable `head` (built by `make_head`, trained with the student) and
 teacher `class_means` (computed once when `needs_class_means`). `metrics` holds each
@@ -18,6 +19,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from kd_jax.data import augment
 
 
 class ModelOutput(NamedTuple):
@@ -49,6 +52,10 @@ class Method:
   needs_teacher = True
   needs_class_means = False
   num_views = 1
+
+  def views(self, key, images):
+    """The augmented uint8 views of a raw batch: by default one, crop + flip (CIFAR)."""
+    return [augment.random_crop_flip(key, images)]
 
   def make_head(self, student_dim, teacher_dim, rngs):
     """A trainable module used only by the loss (e.g. ND's projection), or None."""
