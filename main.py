@@ -1,7 +1,8 @@
 """kd_jax entry point: python main.py --config=configs/cifar_cskd.py --workdir=DIR.
 
-All logic lives in kd_jax.train; a UserError (bad config, missing data or checkpoint)
-is printed as one line and exits with status 2.
+All logic lives in kd_jax.train. Exit status: 0 done (or already complete); 2 a user
+error (bad config, missing data or checkpoint, divergence), printed as one line; 128+N
+stopped by signal N (SIGTERM: 143) after writing a checkpoint: rerun to resume.
 """
 import os
 import sys
@@ -18,6 +19,8 @@ from kd_jax.errors import UserError
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                                "Delete a run of another config found in --workdir.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -56,10 +59,12 @@ def main(argv):
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+  if "signal" in result:  # preempted: checkpointed; the conventional 128 + signal number
+    sys.exit(128 + result["signal"])
 
 
 if __name__ == "__main__":

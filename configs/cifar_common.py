@@ -42,6 +42,7 @@ def get_base(method: dict) -> ml_collections.ConfigDict:
   config.eval_batch_size = 1000
   config.log_every_steps = 200
   config.checkpoint_keep = 2
+  config.skip_nonfinite = False  # True: skip steps whose loss is NaN/inf instead of stopping
   return config
 
 

@@ -6,8 +6,12 @@ per-epoch permutation, augments it and runs teacher and student, all inside one 
 the host only dispatches. Batches are sharded over a ('data',) mesh, parameters are
 replicated: batch-level losses and BatchNorm see the global batch on any device count.
 """
+import contextlib
+import fcntl
 import json
 import os
+import shutil
+import signal
 import threading
 import time
 from typing import Any
@@ -17,6 +21,7 @@ import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -29,6 +34,12 @@ from kd_jax.methods import Aux, ModelOutput
 from kd_jax.metrics import MetricWriter, Progress
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_FIRST_NONFINITE = "first_nonfinite_step"  # reduced with min, not summed
+_NEVER = np.iinfo(np.int32).max
+
+
+class Diverged(UserError):
+  """The loss became NaN/inf: stop, keep the last good checkpoint, say where."""
 
 
 @flax.struct.dataclass
@@ -181,16 +192,24 @@ class Trainer:
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               model_state=model_state, opt_state=opt_state)
-    accuracy = 100 * jnp.mean(jnp.argmax(logits, -1) == targets)
-    return new_state, {"loss": total, **terms, "top1": accuracy}
+    finite = jnp.isfinite(total)
+    metrics = {"loss": total, **terms, "top1": 100 * jnp.mean(jnp.argmax(logits, -1) == targets),
+               _FIRST_NONFINITE: jnp.where(finite, _NEVER, state.step)}
+    if self.config.skip_nonfinite:  # keep the old state, only count the step
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                               state.replace(step=new_state.step))
+      metrics["skipped_steps"] = 1 - finite.astype(jnp.int32)
+    return new_state, metrics
 
   def _accumulating_step(self, state, metric_sums, teacher_state, images, labels, permutation):
     """_step plus on-device running sums of its metrics: no host sync between log points."""
     state, metrics = self._step(state, teacher_state, images, labels, permutation)
-    return state, jax.tree.map(jnp.add, metric_sums, metrics)
+    first_nonfinite = jnp.minimum(metric_sums.pop(_FIRST_NONFINITE), metrics.pop(_FIRST_NONFINITE))
+    return state, jax.tree.map(jnp.add, metric_sums, metrics) | {_FIRST_NONFINITE: first_nonfinite}
 
   def _zero_metrics(self):
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._metric_shapes)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._metric_shapes)
+    return zeros | {_FIRST_NONFINITE: jnp.asarray(_NEVER, jnp.int32)}
 
   def _eval_step(self, graphdef, variables, images, labels, index, mask):
     """Sums of correct top-1/top-5 and CE over the valid (mask=1) samples of one batch."""
@@ -242,7 +261,7 @@ class Trainer:
 
       stop_at = min(max_steps or self.total_steps, self.total_steps)
       meter = Progress(self.total_steps, self.batch_size, step)
-      while step < stop_at and not self.stop_requested.is_set():
+      while step < stop_at and not self._stop_agreed(step):
         epoch = step // self.steps_per_epoch
         step = self._train_epoch(epoch, step, stop_at, writer, meter)
         if step % self.steps_per_epoch == 0:
@@ -262,17 +281,34 @@ class Trainer:
     permutation = self.permutation(epoch)
     end = min((epoch + 1) * self.steps_per_epoch, stop_at)
     sums, sums_steps = self._zero_metrics(), 0
-    while step < end and not self.stop_requested.is_set():
+    while step < end and not self._stop_agreed(step):
       self.state, sums = self.train_step(self.state, sums, self.teacher_state,
                                          self.train_images, self.train_labels, permutation)
       step, sums_steps = step + 1, sums_steps + 1
       if step % self.config.log_every_steps == 0 or step == end:
-        means = {k: float(v) / sums_steps for k, v in jax.device_get(sums).items()}
+        sums = jax.device_get(sums)
+        first_nonfinite = int(sums.pop(_FIRST_NONFINITE))
+        means = {k: float(v) / sums_steps for k, v in sums.items()}
+        if first_nonfinite != _NEVER and not self.config.skip_nonfinite:
+          terms = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
+          raise Diverged(f"non-finite loss at step {first_nonfinite + 1} (means over steps "
+                         f"{step - sums_steps + 1}-{step}: {terms}); the last good checkpoint "
+                         "is kept: lower config.optim.lr or set config.skip_nonfinite=True")
         means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
         means["lr"] = float(self.schedule(step - 1))
         writer.write(step, "train", means)
         sums, sums_steps = self._zero_metrics(), 0
     return step
+
+  def _stop_agreed(self, step):
+    """Whether to stop now (preemption). Multi-host: every host stops at the same step,
+    agreed at log points, the only places the hosts compare notes."""
+    if jax.process_count() == 1:
+      return self.stop_requested.is_set()
+    if step % self.config.log_every_steps:
+      return False
+    flags = multihost_utils.process_allgather(np.asarray(self.stop_requested.is_set()))
+    return bool(np.any(flags))
 
   def _evaluate_epoch(self, epoch, step, progress, writer):
     """Test-set evaluation at the end of an epoch; updates best/last in `progress`."""
@@ -316,15 +352,20 @@ def _versions():
           ("kd_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")}
 
 
-def _record_run(config, workdir, num_classes):
-  """Writes the resolved config and versions; refuses a workdir of another config."""
+def _check_config_matches(config, workdir):
+  """A workdir holds one experiment: refuse to mix in another config."""
   config_path = os.path.join(workdir, "config.json")
-  resolved = config.to_json_best_effort(sort_keys=True, indent=2)
   if os.path.exists(config_path):
     with open(config_path) as f:
-      if f.read() != resolved:
+      if f.read() != config.to_json_best_effort(sort_keys=True, indent=2):
         raise UserError(f"{workdir} holds a run with a different config ({config_path}); "
-                        "use a new --workdir")
+                        "use a new --workdir, or --overwrite to delete that run")
+
+
+def _record_run(config, workdir, num_classes):
+  """Writes the resolved config and the package versions, so every number is traceable."""
+  config_path = os.path.join(workdir, "config.json")
+  resolved = config.to_json_best_effort(sort_keys=True, indent=2)
   if jax.process_index() == 0:
     with open(config_path, "w") as f:
       f.write(resolved)
@@ -373,15 +414,61 @@ def _cached_class_means(config, teacher, teacher_path, dataset, mesh, workdir):
   return means
 
 
+@contextlib.contextmanager
+def _workdir_lock(workdir):
+  """One run per workdir: a second process on the same workdir is refused. The lock
+  is released by the kernel however the holder dies (kill -9 included)."""
+  lock = open(os.path.join(workdir, ".lock"), "w")
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.close()
+    raise UserError(f"another run is using {workdir} (it holds {workdir}/.lock)") from None
+  try:
+    yield
+  finally:
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer):
+  """SIGTERM/SIGINT ask the trainer to finish its step, checkpoint and return; a second
+  signal acts as usual (so Ctrl-C twice still quits at once)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield []
+    return
+  received = []
+
+  def handler(signum, frame):
+    del frame
+    received.append(signum)
+    logging.warning("got %s: stopping after this step with a checkpoint",
+                    signal.Signals(signum).name)
+    trainer.stop_requested.set()
+    signal.signal(signum, previous[signum])
+
+  previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None,
-                       max_steps=None):
+                       max_steps=None, overwrite=False):
   """Runs (or resumes, or reports the finished) experiment `config` in `workdir`.
 
   `dataset` skips loading (tests, the smoke teacher); `max_steps` stops early with a
-  resumable checkpoint (see Trainer.run).
+  resumable checkpoint (see Trainer.run); `overwrite` deletes a workdir that holds a
+  run of another config instead of refusing it. A run stopped by SIGTERM/SIGINT returns
+  progress with 'stopped_at' and 'signal'.
   """
   method = _check_config(config)
   workdir = os.path.abspath(workdir)
+  if overwrite and os.path.isdir(workdir):
+    shutil.rmtree(workdir)
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:
@@ -399,7 +486,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   if method.needs_teacher and teacher_path:
     teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, dataset.num_classes,
                                       dtype=teacher_dtype)
+  _check_config_matches(config, workdir)
   os.makedirs(workdir, exist_ok=True)
+  with _workdir_lock(workdir):
+    return _run_locked(config, workdir, dataset, method, teacher, teacher_path, max_steps)
+
+
+def _run_locked(config, workdir, dataset, method, teacher, teacher_path, max_steps):
+  """The part of train_and_evaluate that writes into the (locked) workdir."""
+  teacher_dtype = DTYPES[config.teacher.dtype]
+  summary_path = os.path.join(workdir, "summary.json")
   _record_run(config, workdir, dataset.num_classes)
   if method.needs_teacher and teacher is None:
     teacher_path = _train_teacher(config, workdir, dataset)
@@ -416,9 +512,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
     class_means = _cached_class_means(config, teacher, teacher_path, dataset, mesh, workdir)
   trainer = Trainer(config, dataset, student, teacher, method, mesh, head, class_means)
   start = time.perf_counter()
-  progress = trainer.run(workdir, max_steps)
+  with _stop_on_signals(trainer) as signals:
+    progress = trainer.run(workdir, max_steps)
   if "stopped_at" in progress:
-    return progress
+    return progress | ({"signal": signals[0]} if signals else {})
   checkpoint.save_final_student(trainer.student(), workdir)
   summary = {"best_top1": progress["best_top1"], "best_epoch": progress["best_epoch"],
              "last_top1": progress["last_top1"], "teacher_top1": progress["teacher_top1"],

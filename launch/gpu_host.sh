@@ -34,7 +34,7 @@ show() {  # Prints a command as one copy-pastable line, like set -x.
     if [[ "$arg" =~ ^[-A-Za-z0-9_./:=,@%+]+$ ]]; then line+=" $arg"
     else line+=" '${arg//\'/\'\\\'\'}'"; fi
   done
-  echo "$line" >&2
+  echo "$line${SHOW_SUFFIX:-}" >&2
 }
 run() {  # Prints the command, then runs it unless --dry-run.
   show "$@"

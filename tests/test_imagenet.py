@@ -319,23 +319,43 @@ def test_launch_script_passes_shellcheck(script):
   assert result.returncode == 0, result.stdout
 
 
-def test_launch_dry_runs_print_the_commands():
-  run = lambda *args, **kw: subprocess.run(['bash', *args], capture_output=True, text=True,
-                                           timeout=30, cwd=REPO, **kw)
-  tpu = run('launch/tpu_vm.sh', '--dry-run', '--create', '--name=kd-test',
-            '--zone=us-central2-b', '--accelerator=v4-8', '--config=configs/cifar_kd.py',
-            '--workdir=gs://bucket/run', '--', '--config.seed=1')
-  assert tpu.returncode == 0, tpu.stderr
-  out = tpu.stdout + tpu.stderr
-  assert 'gcloud compute tpus tpu-vm create kd-test' in out and '--worker=all' in out
-  assert 'tpu-ubuntu2204-base' in out and '--config.seed=1' in out
-  gpu = run('launch/gpu_host.sh', '--dry-run', '--config=configs/cifar_kd.py',
-            '--workdir=/tmp/run')
-  assert gpu.returncode == 0, gpu.stderr
-  assert 'main.py' in gpu.stdout + gpu.stderr
-  commands = 'python main.py --config=a.py --workdir=/tmp/a\npython main.py --config=b.py\n'
-  sweep = run('launch/sweep.sh', '--dry-run', '--gpus=2', input=commands)
-  assert sweep.returncode == 0, sweep.stderr
-  out = sweep.stdout + sweep.stderr
-  assert 'CUDA_VISIBLE_DEVICES=0' in out and 'CUDA_VISIBLE_DEVICES=1' in out
+def _bash(*args, **kwargs):
+  return subprocess.run(['bash', *args], capture_output=True, text=True, timeout=30, cwd=REPO,
+                        **kwargs)
 
+
+def test_tpu_and_gpu_dry_runs_print_the_commands():
+  tpu = _bash('launch/tpu_vm.sh', '--dry-run', '--create', '--name=kd-test',
+              '--zone=us-central2-b', '--accelerator=v4-8', '--config=configs/cifar_kd.py',
+              '--workdir=gs://bucket/run', '--', '--config.seed=1')
+  assert tpu.returncode == 0, tpu.stderr
+  assert 'gcloud compute tpus tpu-vm create kd-test' in tpu.stderr
+  assert '--version=tpu-ubuntu2204-base' in tpu.stderr and '--worker=all' in tpu.stderr
+  assert 'main.py --config=configs/cifar_kd.py --workdir=gs://bucket/run --config.seed=1' \
+      in tpu.stderr
+  v5e = _bash('launch/tpu_vm.sh', '--dry-run', '--create', '--setup-only', '--name=kd-test',
+              '--zone=us-west4-a', '--accelerator=v5litepod-8')
+  assert v5e.returncode == 0, v5e.stderr
+  assert '--version=v2-alpha-tpuv5-lite' in v5e.stderr and 'main.py' not in v5e.stderr
+  missing = _bash('launch/tpu_vm.sh', '--dry-run', '--name=kd-test', '--zone=z')
+  assert missing.returncode != 0 and '--config is required' in missing.stderr
+  gpu = _bash('launch/gpu_host.sh', '--dry-run', '--config=configs/cifar_kd.py',
+              '--workdir=/tmp/run', '--gpus=0,1')
+  assert gpu.returncode == 0, gpu.stderr
+  assert 'CUDA_VISIBLE_DEVICES=0,1' in gpu.stderr and 'jax[cuda12]==' in gpu.stderr
+
+
+def test_sweep_runs_one_command_per_gpu_slot(tmp_path):
+  commands = ('# from kd_jax.tools.sweep --print_commands\n'
+              'echo first $CUDA_VISIBLE_DEVICES\n\n'
+              'echo second $CUDA_VISIBLE_DEVICES\n'
+              'exit 3\n')
+  dry = _bash('launch/sweep.sh', '--dry-run', '--gpus=2', input=commands)
+  assert dry.returncode == 0, dry.stderr
+  assert "CUDA_VISIBLE_DEVICES=0 bash -c 'echo first" in dry.stderr
+  assert "CUDA_VISIBLE_DEVICES=1 bash -c 'echo second" in dry.stderr
+  real = _bash('launch/sweep.sh', '--gpus=2', f'--log-dir={tmp_path}', input=commands)
+  assert real.returncode == 1  # The `exit 3` line failed; the others ran.
+  assert (tmp_path / 'job_2.log').read_text() == 'first 0\n'
+  assert (tmp_path / 'job_4.log').read_text() == 'second 1\n'
+  assert 'FAILED line 5' in real.stderr

@@ -209,8 +209,8 @@ def train_transform(image, rng: np.random.Generator, image_size: int = 224) -> n
   left, top, crop_width, crop_height = random_resized_crop_box(rng, width, height)
   box = (left, top, left + crop_width, top + crop_height)
   if picture.format == 'JPEG':
-    # Decode at 1/2, 1/4 or 1/8 scale when the crop is shrunk at least that much anyway:
-    # the draft keeps >= image_size pixels across the crop. Several times faster.
+    # Decode at 1/2, 1/4 or 1/8 scale when the crop is shrunk at least that much anyway
+    # (the draft keeps >= image_size pixels across the crop): saves time on large images.
     picture.draft('RGB', (math.ceil(width * image_size / crop_width),
                           math.ceil(height * image_size / crop_height)))
     scale_x, scale_y = picture.size[0] / width, picture.size[1] / height

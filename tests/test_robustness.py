@@ -1,0 +1,156 @@
+"""Nothing lost: preemption, crashes mid-save, two runs on one workdir, divergence."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+
+from configs import cifar_kd
+from kd_jax import checkpoint, data, models, train
+from kd_jax.errors import UserError
+from kd_jax.metrics import MetricWriter, read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dataset():
+  return data.load("cifar10", "synthetic", synthetic_train_size=64, synthetic_test_size=32)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  teacher_dir = str(tmp_path_factory.mktemp("teacher"))
+  checkpoint.save_teacher(models.create("resnet8", 10, rngs=nnx.Rngs(7)), teacher_dir,
+                          model_name="resnet8", num_classes=10)
+  config = cifar_kd.get_config("smoke")
+  config.teacher.model, config.teacher.checkpoint, config.teacher.train_epochs = (
+      "resnet8", teacher_dir, 0)
+  config.batch_size, config.num_epochs, config.eval_batch_size, config.log_every_steps = 16, 2, 32, 2
+  return config
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, config, dataset):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  train.train_and_evaluate(config, workdir, dataset)
+  return workdir
+
+
+def _params(workdir):
+  return jax.tree.leaves(nnx.state(checkpoint.load_teacher(workdir, "resnet8", 10)))
+
+
+def test_sigterm_mid_run_checkpoints_and_resumes_to_identical_parameters(
+    tmp_path, monkeypatch, config, dataset, straight_run):
+  """SIGTERM at the first log point (step 2 of 8): stop, checkpoint, resume, same result."""
+  original_write = MetricWriter.write
+
+  def write_then_preempt(self, step, kind, scalars):
+    original_write(self, step, kind, scalars)
+    if kind == "train" and step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(MetricWriter, "write", write_then_preempt)
+  workdir = str(tmp_path / "preempted")
+  stopped = train.train_and_evaluate(config, workdir, dataset)
+  assert stopped["signal"] == signal.SIGTERM and stopped["stopped_at"] in (2, 3)
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+  monkeypatch.setattr(MetricWriter, "write", original_write)
+  train.train_and_evaluate(config, workdir, dataset)
+  for a, b in zip(_params(straight_run), _params(workdir)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, config, dataset, straight_run):
+  """What a kill -9 during a save leaves (Orbax's temporary directory) does not count."""
+  workdir = str(tmp_path / "crashed")
+  train.train_and_evaluate(config, workdir, dataset, max_steps=4)  # end of epoch 1
+  checkpoints = os.path.join(workdir, "checkpoints")
+  partial = os.path.join(checkpoints, "6.orbax-checkpoint-tmp-1234567")
+  shutil.copytree(os.path.join(checkpoints, "4"), partial)
+  os.remove(os.path.join(partial, "_CHECKPOINT_METADATA"))  # truncated mid-write
+  train.train_and_evaluate(config, workdir, dataset)
+  for a, b in zip(_params(straight_run), _params(workdir)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_second_run_on_the_same_workdir_is_refused(tmp_path, config, dataset):
+  workdir = str(tmp_path / "busy")
+  os.makedirs(workdir)
+  with train._workdir_lock(workdir):
+    with pytest.raises(UserError, match="another run is using"):
+      train.train_and_evaluate(config, workdir, dataset)
+
+
+def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path, config, dataset):
+  workdir = str(tmp_path / "other")
+  train.train_and_evaluate(config, workdir, dataset, max_steps=1)
+  changed = config.copy_and_resolve_references()
+  changed.optim.lr = 0.01
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(UserError, match="different config"):
+    train.train_and_evaluate(changed, workdir, dataset)
+  assert sorted(os.listdir(workdir)) == before
+  stopped = train.train_and_evaluate(changed, workdir, dataset, max_steps=1, overwrite=True)
+  assert stopped["stopped_at"] == 1
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_nonfinite_loss_stops_with_the_step_or_is_skipped(tmp_path, config, dataset, skip):
+  diverging = config.copy_and_resolve_references()
+  diverging.optim.lr = 1e12  # blows up within a few steps
+  diverging.skip_nonfinite = skip
+  workdir = str(tmp_path / "diverged")
+  if not skip:
+    with pytest.raises(train.Diverged, match=r"non-finite loss at step \d+ .*kd"):
+      train.train_and_evaluate(diverging, workdir, dataset)
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  else:
+    train.train_and_evaluate(diverging, workdir, dataset)
+    skipped = sum(r.get("skipped_steps", 0) for r in read_metrics(workdir, "train"))
+    assert skipped > 0
+
+
+@pytest.mark.slow
+def test_sigkill_while_saving_then_resume_completes(tmp_path):
+  """A real kill -9, aimed at a moment when Orbax is writing a checkpoint."""
+  workdir = tmp_path / "killed"
+  command = [sys.executable, "main.py", "--config=configs/cifar_kd.py:smoke", f"--workdir={workdir}",
+             "--config.num_epochs=6"]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoints = workdir / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if checkpoints.exists() and any("tmp" in p.name for p in checkpoints.iterdir()):
+      break
+    time.sleep(0.002)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert [r["epoch"] for r in read_metrics(str(workdir), "eval")][-1] == 6
+
+
+def test_main_exits_143_on_sigterm_with_a_resume_line(tmp_path):
+  workdir = tmp_path / "term"
+  process = subprocess.Popen(
+      [sys.executable, "main.py", "--config=configs/cifar_ce.py:smoke", f"--workdir={workdir}",
+       "--config.num_epochs=50"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
+  lines = []
+  for line in process.stdout:
+    lines.append(line)
+    if "img/s" in line:
+      process.send_signal(signal.SIGTERM)
+      break
+  lines.extend(process.stdout)
+  assert process.wait(timeout=60) == 143
+  assert any("rerun the same command to resume" in line for line in lines)
+  assert (workdir / "checkpoints").is_dir() and not (workdir / "summary.json").exists()
