@@ -378,6 +378,8 @@ def sweep(args, variants, rounds):
            "--method", args.method, "--teacher-dtype", args.teacher_dtype,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps),
            "--repeats", str(args.repeats), "--mode", "step"]
+  if args.compare_torch:  # the PyTorch step, unaffected by XLA settings, as a yardstick
+    child.append("--compare-torch")
   results = {v: [] for v in variants}
   for r in range(rounds):
     shift = r % len(variants)
@@ -393,13 +395,20 @@ def sweep(args, variants, rounds):
       results[variant] += [json.loads(l) for l in lines]
   records = []
   for variant in variants:
-    groups = {}
+    groups, vs_torch = {}, {}
     for r in results[variant]:
-      if r.get("kind") == "measurement":
+      if r.get("kind") == "measurement" and r["framework"] == "kd_jax":
         groups.setdefault((r["pair"], r["method"], r["teacher_dtype"]), []).append(r)
+      elif r.get("kind") == "ratio" and r["ratio"].startswith("kd_jax/torch"):
+        vs_torch.setdefault((r["pair"], r["method"], r["teacher_dtype"]), []).append(
+            r["value"])
     for (pair, method, dtype), rs in groups.items():
       ms = statistics.median(x["step_ms"] for x in rs)
-      records.append({"kind": "sweep", "variant": variant, "pair": pair, "method": method,
+      torch_ratios = vs_torch.get((pair, method, dtype))
+      if torch_ratios:
+        rs[0]["_vs_torch"] = {"kd_jax_over_torch": statistics.median(torch_ratios),
+                              "runs_kd_jax_over_torch": torch_ratios}
+      records.append({**rs[0].pop("_vs_torch", {}), "kind": "sweep", "variant": variant, "pair": pair, "method": method,
                       "teacher_dtype": dtype, "mode": "step", "step_ms": ms,
                       "images_per_second": round(args.batch_size * 1e3 / ms, 2),
                       "runs_step_ms": [x["step_ms"] for x in rs],
@@ -413,6 +422,12 @@ def sweep(args, variants, rounds):
       records.append(_ratio("variant/default (images/s, >1 = variant faster)", r, b,
                             variant=r["variant"], baseline=variants[0], pair=r["pair"],
                             method=r["method"]))
+      if "kd_jax_over_torch" in r and "kd_jax_over_torch" in b:
+        records.append({
+            "kind": "ratio", "ratio": "variant/default, each normalized by the PyTorch "
+            "step timed in the same process", "variant": r["variant"],
+            "baseline": variants[0], "pair": r["pair"], "method": r["method"],
+            "value": round(r["kd_jax_over_torch"] / b["kd_jax_over_torch"], 4)})
   return records
 
 

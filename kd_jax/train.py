@@ -466,6 +466,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   progress with 'stopped_at' and 'signal'.
   """
   method = _check_config(config)
+  if "://" in workdir:
+    raise UserError(f"--workdir={workdir}: remote URLs are not supported; mount the bucket "
+                    "(e.g. gcsfuse) and pass the mount path")
   workdir = os.path.abspath(workdir)
   if overwrite and os.path.isdir(workdir):
     shutil.rmtree(workdir)

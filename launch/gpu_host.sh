@@ -11,7 +11,7 @@ usage: launch/gpu_host.sh --config=CONFIG --workdir=DIR [--gpus=0,1,...] [--cuda
                           [--dry-run] [-- EXTRA MAIN.PY FLAGS...]
 
   --config=CONFIG   main.py --config, e.g. configs/cifar_kd.py:res32x4_res8x4
-  --workdir=DIR     main.py --workdir (a local path or gs://...)
+  --workdir=DIR     main.py --workdir (a local or mounted path)
   --gpus=IDS        GPUs to use, e.g. 0,1,2,3 (default: all; sets CUDA_VISIBLE_DEVICES)
   --cuda=N          CUDA major version of the jax build: 12 or 13 (default 12)
   --venv=DIR        virtual environment (default: .venv in the repository)

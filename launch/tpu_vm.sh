@@ -6,7 +6,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: launch/tpu_vm.sh --name=NAME --zone=ZONE --config=CONFIG --workdir=gs://BUCKET/DIR
+usage: launch/tpu_vm.sh --name=NAME --zone=ZONE --config=CONFIG --workdir=/mnt/BUCKET/DIR
                         [--create --accelerator=TYPE [--version=V] [--spot]]
                         [--project=P] [--skip-install] [--setup-only] [--no-follow]
                         [--dry-run] [-- EXTRA MAIN.PY FLAGS...]
@@ -14,7 +14,7 @@ usage: launch/tpu_vm.sh --name=NAME --zone=ZONE --config=CONFIG --workdir=gs://B
   --name=NAME          TPU VM name (created with --create, else it must exist)
   --zone=ZONE          its zone, e.g. us-central2-b (v4) or us-west4-a (v5e)
   --config=CONFIG      main.py --config, e.g. configs/cifar_kd.py:res32x4_res8x4
-  --workdir=DIR        main.py --workdir; gs://... so that every worker (and you) sees it
+  --workdir=DIR        main.py --workdir: a path every worker sees (e.g. a gcsfuse mount)
   --create             create the TPU VM first (gcloud compute tpus tpu-vm create)
   --accelerator=TYPE   accelerator type for --create: v4-8, v5litepod-8, v5p-8, v6e-8, ...
   --version=V          TPU software version for --create; default from the accelerator:
@@ -82,9 +82,9 @@ done
 if [[ "$SETUP_ONLY" == 0 ]]; then
   [[ -n "$CONFIG" ]] || die "--config is required"
   [[ -n "$WORKDIR" ]] || die "--workdir is required"
-  if [[ "$WORKDIR" != gs://* ]]; then
-    echo "tpu_vm.sh: warning: --workdir=$WORKDIR is not gs://; only worker 0's copy of" \
-         "a multi-host slice's files would be complete, and it is lost with the VM" >&2
+  if [[ "$WORKDIR" == *://* ]]; then
+    die "--workdir=$WORKDIR: kd_jax writes workdirs through the file system; mount the" \
+        "bucket on every worker (gcsfuse) and pass the mount path"
   fi
 fi
 
