@@ -6,12 +6,9 @@ per-epoch permutation, augments it and runs teacher and student, all inside one 
 the host only dispatches. Batches are sharded over a ('data',) mesh, parameters are
 replicated: batch-level losses and BatchNorm see the global batch on any device count.
 """
-import contextlib
-import fcntl
 import json
 import os
 import shutil
-import signal
 import threading
 import time
 from typing import Any
@@ -27,7 +24,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from kd_jax import checkpoint, data, losses, methods, models
+from kd_jax import checkpoint, data, guards, methods, models
+from kd_jax import class_means as class_means_lib
 from kd_jax.data import augment, batching
 from kd_jax.errors import UserError
 from kd_jax.methods import Aux, ModelOutput
@@ -81,35 +79,6 @@ class StudentWithHead(nnx.Module):
     return self.student(images, train=train)
 
 
-def teacher_class_means(teacher, dataset, mesh, seed, batch_size):
-  """Per-class mean of the teacher's pooled features over the augmented training split.
-
-  Teacher in eval mode, one pass with the training augmentation (crop + flip), every
-  example counted once (padding masked out), global over all devices (METHODS.md 5).
-  """
-  graphdef, state = nnx.split(teacher)
-  images, labels = dataset.train_images, dataset.train_labels
-  mean, std = jnp.asarray(dataset.mean), jnp.asarray(dataset.std)
-  batch_sharding = NamedSharding(mesh, P("data"))
-
-  @jax.jit
-  def batch_sums(state, images, labels, index, valid, key):
-    index = jax.lax.with_sharding_constraint(index, batch_sharding)
-    inputs = augment.normalize(augment.random_crop_flip(key, images[index]), mean, std)
-    _, features = nnx.merge(graphdef, state)(inputs, train=False)
-    targets = jnp.where(valid, labels[index], -1)  # -1: one-hot of zeros, not counted
-    return losses.class_sums(features["pooled"], targets, dataset.num_classes)
-
-  images, labels = jax.device_put((images, labels), NamedSharding(mesh, P()))
-  key = jax.random.fold_in(jax.random.key(seed), 0xC1A55)
-  sums = counts = 0.0
-  for number, (index, valid) in enumerate(batching.eval_batches(len(labels), batch_size)):
-    batch_sum, batch_count = batch_sums(state, images, labels, index, valid,
-                                        jax.random.fold_in(key, number))
-    sums, counts = sums + batch_sum, counts + batch_count
-  return np.asarray(sums / jnp.maximum(counts, 1.0)[:, None])
-
-
 class Trainer:
   """Holds the jitted steps of one run; `run` trains (or resumes) and evaluates.
 
@@ -121,7 +90,7 @@ class Trainer:
                class_means=None):
     self.config, self.dataset, self.method, self.mesh = config, dataset, method, mesh
     self.batch_size = config.batch_size
-    self.steps_per_epoch = batching.steps_per_epoch(len(dataset.train_labels), self.batch_size)
+    self.steps_per_epoch = batching.steps_per_epoch(self._num_train_examples(), self.batch_size)
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.optimizer, self.schedule = make_optimizer(config.optim, self.steps_per_epoch)
     self.batch_sharding = NamedSharding(mesh, P("data"))
@@ -139,22 +108,38 @@ class Trainer:
       self.teacher_state = jax.device_put(teacher_state, replicated)
     else:
       self.teacher_def = self.teacher_state = None
-    self.train_images, self.train_labels, self.test_images, self.test_labels = jax.device_put(
-        (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels),
-        replicated)
     self.mean = jnp.asarray(dataset.mean, jnp.float32)
     self.std = jnp.asarray(dataset.std, jnp.float32)
-
-    self.permutation = jax.jit(lambda epoch: batching.epoch_permutation(
-        config.seed, epoch, len(dataset.train_labels)), out_shardings=replicated)
+    self._setup_data(replicated)
     self._metric_shapes = jax.eval_shape(self._step, self.state, self.teacher_state,
-                                         self.train_images, self.train_labels,
-                                         self.permutation(0))[1]
+                                         *self._example_train_batch())[1]
     self.train_step = jax.jit(self._accumulating_step, donate_argnums=(0, 1))
     self.stop_requested = threading.Event()  # set by a signal handler to stop cleanly
     self.eval_step = jax.jit(self._eval_step, static_argnums=(0,))
 
-  # ------------------------------------------------------------------ jitted pieces
+  # ---------------------------------------------- where batches come from (device data)
+  # The whole split lives on the devices; a step gathers its batch by index and augments
+  # it inside the jit. kd_jax/train_imagenet.py overrides these for host-fed data.
+
+  def _num_train_examples(self):
+    return len(self.dataset.train_labels)
+
+  def _setup_data(self, replicated):
+    dataset = self.dataset
+    self.train_images, self.train_labels, self.test_images, self.test_labels = jax.device_put(
+        (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels),
+        replicated)
+    self.permutation = jax.jit(lambda epoch: batching.epoch_permutation(
+        self.config.seed, epoch, len(dataset.train_labels)), out_shardings=replicated)
+
+  def _example_train_batch(self):
+    return self.train_images, self.train_labels, self.permutation(0)
+
+  def _train_batches(self, epoch):
+    """The train_step arguments after (state, sums, teacher_state), step after step."""
+    batch = (self.train_images, self.train_labels, self.permutation(epoch))
+    while True:
+      yield batch
 
   def _views(self, step, images, labels, permutation):
     """This step's batch: (weak view[, strong view]) normalised, and the labels."""
@@ -164,10 +149,31 @@ class Trainer:
     views = self.method.views(key, images[index])
     return [augment.normalize(view, self.mean, self.std) for view in views], labels[index]
 
-  def _step(self, state, teacher_state, images, labels, permutation):
+  def _test_batches(self):
+    """The eval_step arguments after (graphdef, variables), batch after batch."""
+    for index, mask in batching.eval_batches(len(self.dataset.test_labels),
+                                             self.config.eval_batch_size):
+      yield (self.test_images, self.test_labels, jnp.asarray(index),
+             jnp.asarray(mask, jnp.float32))
+
+  def _eval_inputs(self, images, labels, index, mask):
+    """uint8 images, labels and validity mask of one eval batch."""
+    index = jax.lax.with_sharding_constraint(index, self.batch_sharding)
+    return images[index], labels[index], mask
+
+  def data_state(self):
+    """Position of a host-side input pipeline, saved with checkpoints (none here)."""
+    return None
+
+  def restore_data_state(self, state):
+    del state
+
+  # ------------------------------------------------------------------ jitted pieces
+
+  def _step(self, state, teacher_state, *batch):
     """One optimizer step; returns the new state and this batch's metrics."""
     epoch = state.step // self.steps_per_epoch
-    views, targets = self._views(state.step, images, labels, permutation)
+    views, targets = self._views(state.step, *batch)
     single = self.method.num_views == 1
     teacher_out = None
     if self.method.needs_teacher:
@@ -201,9 +207,9 @@ class Trainer:
       metrics["skipped_steps"] = 1 - finite.astype(jnp.int32)
     return new_state, metrics
 
-  def _accumulating_step(self, state, metric_sums, teacher_state, images, labels, permutation):
+  def _accumulating_step(self, state, metric_sums, teacher_state, *batch):
     """_step plus on-device running sums of its metrics: no host sync between log points."""
-    state, metrics = self._step(state, teacher_state, images, labels, permutation)
+    state, metrics = self._step(state, teacher_state, *batch)
     first_nonfinite = jnp.minimum(metric_sums.pop(_FIRST_NONFINITE), metrics.pop(_FIRST_NONFINITE))
     return state, jax.tree.map(jnp.add, metric_sums, metrics) | {_FIRST_NONFINITE: first_nonfinite}
 
@@ -211,12 +217,12 @@ class Trainer:
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._metric_shapes)
     return zeros | {_FIRST_NONFINITE: jnp.asarray(_NEVER, jnp.int32)}
 
-  def _eval_step(self, graphdef, variables, images, labels, index, mask):
+  def _eval_step(self, graphdef, variables, *batch):
     """Sums of correct top-1/top-5 and CE over the valid (mask=1) samples of one batch."""
     model = nnx.merge(graphdef, *variables)
-    index = jax.lax.with_sharding_constraint(index, self.batch_sharding)
-    logits, _ = model(augment.normalize(images[index], self.mean, self.std), train=False)
-    logits, targets = logits.astype(jnp.float32), labels[index]
+    images, targets, mask = self._eval_inputs(*batch)
+    logits, _ = model(augment.normalize(images, self.mean, self.std), train=False)
+    logits = logits.astype(jnp.float32)
     top5 = jax.lax.top_k(logits, 5)[1]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return {"top1": jnp.sum(mask * (top5[:, 0] == targets)),
@@ -226,11 +232,9 @@ class Trainer:
   def evaluate(self, graphdef, variables):
     """Top-1 / top-5 (%) and CE over the whole test split, each sample counted once."""
     sums = None
-    batch_size = self.config.eval_batch_size
-    for index, mask in batching.eval_batches(len(self.dataset.test_labels), batch_size):
-      batch = self.eval_step(graphdef, variables, self.test_images, self.test_labels,
-                             jnp.asarray(index), jnp.asarray(mask, jnp.float32))
-      sums = batch if sums is None else jax.tree.map(jnp.add, sums, batch)
+    for batch in self._test_batches():
+      batch_sums = self.eval_step(graphdef, variables, *batch)
+      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     sums = jax.device_get(sums)
     count = float(sums["count"])
     return {"top1": 100 * float(sums["top1"]) / count, "top5": 100 * float(sums["top5"]) / count,
@@ -248,9 +252,10 @@ class Trainer:
     checkpoints = checkpoint.RunCheckpoints(workdir, self.config.checkpoint_keep)
     writer = MetricWriter(workdir)
     try:
-      progress = {"best_top1": 0.0, "best_epoch": -1, "last_top1": None, "teacher_top1": None}
+      progress = {"best_top1": None, "best_epoch": None, "last_top1": None, "teacher_top1": None}
       if checkpoints.latest_step() is not None:
         self.state, progress = checkpoints.restore(checkpoint.abstract_like(self.state))
+        self.restore_data_state(progress.pop("data_state", None))
         logging.info("resumed from step %d in %s", checkpoints.latest_step(), workdir)
       step = int(jax.device_get(self.state.step))
       if self.teacher_state is not None and progress["teacher_top1"] is None:
@@ -266,7 +271,7 @@ class Trainer:
         step = self._train_epoch(epoch, step, stop_at, writer, meter)
         if step % self.steps_per_epoch == 0:
           self._evaluate_epoch(epoch, step, progress, writer)
-        checkpoints.save(step, self.state, progress)
+        checkpoints.save(step, self.state, progress | {"data_state": self.data_state()})
       if step < self.total_steps:
         logging.info("stopped at step %d of %d (epoch %d); rerun the same command to resume",
                      step, self.total_steps, step // self.steps_per_epoch + 1)
@@ -278,12 +283,11 @@ class Trainer:
 
   def _train_epoch(self, epoch, step, stop_at, writer, meter):
     """Steps until the end of `epoch`, `stop_at` or a stop request; returns the step."""
-    permutation = self.permutation(epoch)
+    batches = self._train_batches(epoch)
     end = min((epoch + 1) * self.steps_per_epoch, stop_at)
     sums, sums_steps = self._zero_metrics(), 0
     while step < end and not self._stop_agreed(step):
-      self.state, sums = self.train_step(self.state, sums, self.teacher_state,
-                                         self.train_images, self.train_labels, permutation)
+      self.state, sums = self.train_step(self.state, sums, self.teacher_state, *next(batches))
       step, sums_steps = step + 1, sums_steps + 1
       if step % self.config.log_every_steps == 0 or step == end:
         sums = jax.device_get(sums)
@@ -313,7 +317,7 @@ class Trainer:
   def _evaluate_epoch(self, epoch, step, progress, writer):
     """Test-set evaluation at the end of an epoch; updates best/last in `progress`."""
     results = self.evaluate(self.student_def, (self.state.params, self.state.model_state))
-    if results["top1"] > progress["best_top1"]:
+    if progress["best_top1"] is None or results["top1"] > progress["best_top1"]:
       progress["best_top1"], progress["best_epoch"] = results["top1"], epoch + 1
     progress["last_top1"] = results["top1"]
     writer.write(step, "eval", results | {"epoch": epoch + 1, "best_top1": progress["best_top1"]})
@@ -389,71 +393,14 @@ def _train_teacher(config, workdir, dataset):
   return path
 
 
-def _cached_class_means(config, teacher, teacher_path, dataset, mesh, workdir):
-  """Teacher class means, computed once per (teacher, dataset) and cached beside the
-  teacher checkpoint (or in the workdir when that place is read-only)."""
-  name = f"class_means.{dataset.name}.{dataset.source}.{len(dataset.train_labels)}.npy"
-  beside = (os.path.join(teacher_path, name) if os.path.isdir(teacher_path)
-            else f"{teacher_path}.{name}")
-  places = [beside, os.path.join(workdir, name)]
-  expected = (dataset.num_classes, models.pooled_dim(config.teacher.model))
-  for path in places:
-    if os.path.exists(path):
-      means = np.load(path)
-      if means.shape == expected:
-        logging.info("teacher class means from %s", path)
-        return means
-  logging.info("computing the teacher's class means over the training split")
-  means = teacher_class_means(teacher, dataset, mesh, config.seed, config.eval_batch_size)
-  for path in places:
-    try:
-      np.save(path, means)
-      break
-    except OSError:
-      continue
-  return means
-
-
-@contextlib.contextmanager
-def _workdir_lock(workdir):
-  """One run per workdir: a second process on the same workdir is refused. The lock
-  is released by the kernel however the holder dies (kill -9 included)."""
-  lock = open(os.path.join(workdir, ".lock"), "w")
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    lock.close()
-    raise UserError(f"another run is using {workdir} (it holds {workdir}/.lock)") from None
-  try:
-    yield
-  finally:
-    fcntl.flock(lock, fcntl.LOCK_UN)
-    lock.close()
-
-
-@contextlib.contextmanager
-def _stop_on_signals(trainer):
-  """SIGTERM/SIGINT ask the trainer to finish its step, checkpoint and return; a second
-  signal acts as usual (so Ctrl-C twice still quits at once)."""
-  if threading.current_thread() is not threading.main_thread():
-    yield []
-    return
-  received = []
-
-  def handler(signum, frame):
-    del frame
-    received.append(signum)
-    logging.warning("got %s: stopping after this step with a checkpoint",
-                    signal.Signals(signum).name)
-    trainer.stop_requested.set()
-    signal.signal(signum, previous[signum])
-
-  previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    yield received
-  finally:
-    for sig, old in previous.items():
-      signal.signal(sig, old)
+def _load_dataset(config):
+  """CIFAR arrays for the device, or (ImageNet) a host pipeline."""
+  if config.data.dataset == "imagenet2012":
+    from kd_jax import train_imagenet  # pylint: disable=g-import-not-at-top
+    return train_imagenet.load(config)
+  return data.load(config.data.dataset, config.data.source, config.data.data_dir or None,
+                   synthetic_train_size=config.data.synthetic_train_size,
+                   synthetic_test_size=config.data.synthetic_test_size)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None,
@@ -480,9 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
                  summary["best_top1"], summary["last_top1"])
     return summary
   if dataset is None:
-    dataset = data.load(config.data.dataset, config.data.source, config.data.data_dir or None,
-                        synthetic_train_size=config.data.synthetic_train_size,
-                        synthetic_test_size=config.data.synthetic_test_size)
+    dataset = _load_dataset(config)
   # Everything that can be wrong with the inputs fails here, before the workdir is touched.
   teacher_dtype = DTYPES[config.teacher.dtype]
   teacher, teacher_path = None, config.teacher.checkpoint
@@ -491,7 +436,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
                                       dtype=teacher_dtype)
   _check_config_matches(config, workdir)
   os.makedirs(workdir, exist_ok=True)
-  with _workdir_lock(workdir):
+  with guards.workdir_lock(workdir):
     return _run_locked(config, workdir, dataset, method, teacher, teacher_path, max_steps)
 
 
@@ -512,10 +457,15 @@ def _run_locked(config, workdir, dataset, method, teacher, teacher_path, max_ste
                           models.pooled_dim(config.teacher.model), nnx.Rngs(config.seed + 1))
   class_means = None
   if method.needs_class_means:
-    class_means = _cached_class_means(config, teacher, teacher_path, dataset, mesh, workdir)
-  trainer = Trainer(config, dataset, student, teacher, method, mesh, head, class_means)
+    class_means = class_means_lib.cached_class_means(config, teacher, teacher_path, dataset,
+                                                     mesh, workdir)
+  trainer_class = Trainer
+  if not isinstance(dataset, data.Dataset):
+    from kd_jax import train_imagenet  # pylint: disable=g-import-not-at-top
+    trainer_class = train_imagenet.HostFedTrainer
+  trainer = trainer_class(config, dataset, student, teacher, method, mesh, head, class_means)
   start = time.perf_counter()
-  with _stop_on_signals(trainer) as signals:
+  with guards.stop_on_signals(trainer) as signals:
     progress = trainer.run(workdir, max_steps)
   if "stopped_at" in progress:
     return progress | ({"signal": signals[0]} if signals else {})

@@ -327,12 +327,15 @@ def _bash(*args, **kwargs):
 def test_tpu_and_gpu_dry_runs_print_the_commands():
   tpu = _bash('launch/tpu_vm.sh', '--dry-run', '--create', '--name=kd-test',
               '--zone=us-central2-b', '--accelerator=v4-8', '--config=configs/cifar_kd.py',
-              '--workdir=gs://bucket/run', '--', '--config.seed=1')
+              '--workdir=/mnt/kd/run', '--', '--config.seed=1')
   assert tpu.returncode == 0, tpu.stderr
   assert 'gcloud compute tpus tpu-vm create kd-test' in tpu.stderr
   assert '--version=tpu-ubuntu2204-base' in tpu.stderr and '--worker=all' in tpu.stderr
-  assert 'main.py --config=configs/cifar_kd.py --workdir=gs://bucket/run --config.seed=1' \
+  assert 'main.py --config=configs/cifar_kd.py --workdir=/mnt/kd/run --config.seed=1' \
       in tpu.stderr
+  remote = _bash('launch/tpu_vm.sh', '--dry-run', '--name=kd-test', '--zone=z',
+                 '--config=configs/cifar_kd.py', '--workdir=gs://bucket/run')
+  assert remote.returncode == 2 and 'gcsfuse' in remote.stderr
   v5e = _bash('launch/tpu_vm.sh', '--dry-run', '--create', '--setup-only', '--name=kd-test',
               '--zone=us-west4-a', '--accelerator=v5litepod-8')
   assert v5e.returncode == 0, v5e.stderr

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kd_jax import data, losses, methods, models, train
+from kd_jax import class_means, data, losses, methods, models, train
 from kd_jax.methods import Aux, ModelOutput
 
 B, C, D = 8, 6, 5
@@ -132,7 +132,7 @@ def test_teacher_class_means_equal_numpy_per_class_means():
   """The class-mean pass (8 devices, padded batches) vs NumPy over the same features."""
   dataset = data.load("cifar10", "synthetic", synthetic_train_size=40, synthetic_test_size=8)
   teacher = models.create("resnet8", 10, rngs=nnx.Rngs(3))
-  means = train.teacher_class_means(teacher, dataset, train.data_mesh(), seed=5, batch_size=16)
+  means = class_means.teacher_class_means(teacher, dataset, train.data_mesh(), seed=5, batch_size=16)
   key = jax.random.fold_in(jax.random.key(5), 0xC1A55)
   features, labels = [], []
   for number, (index, valid) in enumerate(data.eval_batches(40, 16)):

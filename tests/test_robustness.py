@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import cifar_kd
-from kd_jax import checkpoint, data, models, train
+from kd_jax import checkpoint, data, guards, models, train
 from kd_jax.errors import UserError
 from kd_jax.metrics import MetricWriter, read_metrics
 
@@ -84,7 +84,7 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, config, dataset,
 def test_second_run_on_the_same_workdir_is_refused(tmp_path, config, dataset):
   workdir = str(tmp_path / "busy")
   os.makedirs(workdir)
-  with train._workdir_lock(workdir):
+  with guards.workdir_lock(workdir):
     with pytest.raises(UserError, match="another run is using"):
       train.train_and_evaluate(config, workdir, dataset)
 

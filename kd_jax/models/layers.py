@@ -93,10 +93,15 @@ def sequential(layers, x, train):
 
 
 def max_pool(x, kernel_size, stride, padding=0):
-  """nn.MaxPool2d (floor mode): padded cells never win."""
+  """nn.MaxPool2d (floor mode): padded cells never win.
+
+  The init values are Python scalars so JAX sees the max/add monoid and can
+  differentiate the window reduction (an array init makes it a generic, non-
+  differentiable reduce_window).
+  """
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
   return jax.lax.reduce_window(
-      x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, kernel_size, kernel_size, 1),
+      x, -jnp.inf, jax.lax.max, (1, kernel_size, kernel_size, 1),
       (1, stride, stride, 1), pad)
 
 
@@ -104,7 +109,7 @@ def avg_pool(x, kernel_size, stride, padding=0):
   """nn.AvgPool2d with count_include_pad=True: always divides by kernel_size**2."""
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
   summed = jax.lax.reduce_window(
-      x, jnp.array(0, x.dtype), jax.lax.add, (1, kernel_size, kernel_size, 1),
+      x, 0.0, jax.lax.add, (1, kernel_size, kernel_size, 1),
       (1, stride, stride, 1), pad)
   return summed / kernel_size**2
 
