@@ -232,3 +232,30 @@ def test_pooling_and_shuffle_match_pytorch():
                              f.avg_pool2d(tx, 3, 2, 1).numpy(), rtol=1e-5, atol=1e-6)
   shuffled = tx.reshape(2, 3, 2, 9, 9).permute(0, 2, 1, 3, 4).reshape(2, 6, 9, 9)
   np.testing.assert_array_equal(_nchw(layers.channel_shuffle(x, 3)), shuffled.numpy())
+
+
+@pytest.mark.parametrize("name", [
+    "vgg8", "imagenet_resnet18",  # max-pooling
+    pytest.param("ShuffleV1", marks=pytest.mark.slow),
+    pytest.param("ShuffleV2", marks=pytest.mark.slow),
+    pytest.param("MobileNetV2", marks=pytest.mark.slow),
+    pytest.param("wrn_16_1", marks=pytest.mark.slow),
+    pytest.param("ResNet50", marks=pytest.mark.slow),
+])
+def test_every_family_is_differentiable_in_train_mode(name):
+  """A train-mode gradient exists, is finite and reaches the first layer's weights."""
+  model = models.create(name, 10, rngs=nnx.Rngs(0))
+  size = 64 if name.startswith("imagenet") else 32
+  images = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def gradients(params, rest):
+    def loss(model):
+      logits, _ = model(images, train=True)
+      return jnp.sum(logits ** 2)
+    return nnx.grad(loss)(nnx.merge(graphdef, params, rest))
+
+  leaves = jax.tree.leaves(gradients(params, rest))
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert float(jnp.abs(leaves[0]).sum() + jnp.abs(leaves[-1]).sum()) > 0
