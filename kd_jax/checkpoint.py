@@ -12,6 +12,8 @@ import os
 from flax import nnx
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
 import orbax.checkpoint as ocp
 
 from kd_jax import models
@@ -30,6 +32,12 @@ def _restore_model(state_dir, model_name, num_classes, dtype, source):
   """Restores a model's full nnx state (params + BatchNorm statistics) from `state_dir`."""
   abstract = _abstract_model(model_name, num_classes, dtype)
   graphdef, abstract_state = nnx.split(abstract)
+  # Replicated over every device of every process: a multi-host job restores the same
+  # teacher everywhere (Orbax needs the target sharding to restore across processes).
+  replicated = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), P())
+  abstract_state = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+      abstract_state)
   try:
     state = ocp.StandardCheckpointer().restore(os.path.abspath(state_dir), abstract_state)
   except (ValueError, KeyError, FileNotFoundError) as error:

@@ -6,6 +6,7 @@ import signal
 import threading
 
 from absl import logging
+import jax
 
 from kd_jax.errors import UserError
 
@@ -13,7 +14,11 @@ from kd_jax.errors import UserError
 @contextlib.contextmanager
 def workdir_lock(workdir):
   """One run per workdir: a second process on the same workdir is refused. The lock
-  is released by the kernel however the holder dies (kill -9 included)."""
+  is released by the kernel however the holder dies (kill -9 included). In a multi-host
+  job only process 0 holds it (the others share the workdir by design)."""
+  if jax.process_index() != 0:
+    yield
+    return
   lock = open(os.path.join(workdir, ".lock"), "w")
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
