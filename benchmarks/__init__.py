@@ -8,6 +8,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 
 from configs import cifar_common
 
@@ -45,26 +46,32 @@ def host_info():
 def interleaved(benches, repeats):
   """Times one block of every bench per round, rotating the order each round.
 
-  Each bench has `time_block() -> (seconds, steps)`. Returns, per bench, the list of
-  seconds per step of its blocks; alternating the variants spreads the machine's
-  noise over all of them.
+  Each bench has `time_block() -> (seconds, steps)`. Returns, per bench, a list of
+  (wall seconds per step, process CPU seconds per step) of its blocks; alternating the
+  variants spreads the machine's noise over all of them. CPU time (all threads of this
+  process) is less sensitive than wall time to other processes sharing the cores.
   """
   samples = [[] for _ in benches]
   for r in range(repeats):
     order = list(range(len(benches)))
     shift = r % max(len(order), 1)
     for i in order[shift:] + order[:shift]:
+      cpu = time.process_time()
       seconds, steps = benches[i].time_block()
-      samples[i].append(seconds / steps)
+      samples[i].append((seconds / steps, (time.process_time() - cpu) / steps))
   return samples
 
 
-def summarize(per_step_seconds, batch_size):
-  """images/s and step ms from the median seconds per step, plus every sample (ms)."""
-  median = statistics.median(per_step_seconds)
+def summarize(samples, batch_size):
+  """images/s and step ms from the median wall seconds per step, CPU ms, all samples."""
+  wall = [w for w, _ in samples]
+  cpu = [c for _, c in samples]
+  median = statistics.median(wall)
   return {"images_per_second": round(batch_size / median, 2),
           "step_ms": round(1e3 * median, 2),
-          "samples_ms": [round(1e3 * s, 2) for s in per_step_seconds]}
+          "samples_ms": [round(1e3 * s, 2) for s in wall],
+          "cpu_ms_per_step": round(1e3 * statistics.median(cpu), 2),
+          "threads_busy": round(statistics.median(c / w for w, c in samples), 2)}
 
 
 def emit(record, stream=None):

@@ -182,16 +182,22 @@ class LoopBench:
     return seconds
 
   def warmup(self):
-    """Two untimed epochs: compiles evaluation, and the second resumes as timed ones do."""
+    """One untimed (partial) epoch: compiles the evaluations, writes the first checkpoint."""
     import jax  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     self.done = int(jax.device_get(self.variant.trainer.state.step))
-    self._run_epoch()
     self._run_epoch()
     return time.perf_counter() - start
 
   def time_block(self):
     return self._run_epoch(), self.steps
+
+
+def _cache_sizes(variant):
+  """Entries in the jit caches of the train and eval steps (grows when they compile)."""
+  trainer = variant.trainer
+  return tuple(getattr(f, "_cache_size", lambda: None)()
+               for f in (trainer.train_step, trainer.eval_step))
 
 
 def flops_records(variants, batch_size):
@@ -290,7 +296,10 @@ def run(pairs, method_names, teacher_dtypes=("float32",), batch_size=64, steps=4
       bench.compile_s = bench.warmup()
       bench.warmup_s = bench.second_call_s = None
   all_benches = benches + torch_benches
+  cached = [_cache_sizes(v) for v in variants]
   samples = benchmarks.interleaved(all_benches, repeats)
+  recompiled = {v.record["pair"] + v.record["method"] + str(v.teacher_dtype)
+                for v, before in zip(variants, cached) if _cache_sizes(v) != before}
   if tmp is not None:
     tmp.cleanup()
 
@@ -301,6 +310,9 @@ def run(pairs, method_names, teacher_dtypes=("float32",), batch_size=64, steps=4
               **benchmarks.summarize(s, batch_size), "steps": bench.steps,
               "repeats": repeats, "compile_s": round(bench.compile_s, 2),
               **benchmarks.host_info()}
+    if bench not in torch_benches:
+      key = record["pair"] + record["method"] + str(record["teacher_dtype"])
+      record["compiled_while_timing"] = key in recompiled
     if bench.second_call_s is not None:
       record["second_call_s"] = round(bench.second_call_s, 2)
     if bench.warmup_s is not None:
@@ -378,8 +390,7 @@ def sweep(args, variants, rounds):
            "--method", args.method, "--teacher-dtype", args.teacher_dtype,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps),
            "--repeats", str(args.repeats), "--mode", "step"]
-  if args.compare_torch:  # the PyTorch step, unaffected by XLA settings, as a yardstick
-    child.append("--compare-torch")
+
   results = {v: [] for v in variants}
   for r in range(rounds):
     shift = r % len(variants)
@@ -395,23 +406,18 @@ def sweep(args, variants, rounds):
       results[variant] += [json.loads(l) for l in lines]
   records = []
   for variant in variants:
-    groups, vs_torch = {}, {}
+    groups = {}
     for r in results[variant]:
-      if r.get("kind") == "measurement" and r["framework"] == "kd_jax":
+      if r.get("kind") == "measurement":
         groups.setdefault((r["pair"], r["method"], r["teacher_dtype"]), []).append(r)
-      elif r.get("kind") == "ratio" and r["ratio"].startswith("kd_jax/torch"):
-        vs_torch.setdefault((r["pair"], r["method"], r["teacher_dtype"]), []).append(
-            r["value"])
     for (pair, method, dtype), rs in groups.items():
       ms = statistics.median(x["step_ms"] for x in rs)
-      torch_ratios = vs_torch.get((pair, method, dtype))
-      if torch_ratios:
-        rs[0]["_vs_torch"] = {"kd_jax_over_torch": statistics.median(torch_ratios),
-                              "runs_kd_jax_over_torch": torch_ratios}
-      records.append({**rs[0].pop("_vs_torch", {}), "kind": "sweep", "variant": variant, "pair": pair, "method": method,
+      records.append({"kind": "sweep", "variant": variant, "pair": pair, "method": method,
                       "teacher_dtype": dtype, "mode": "step", "step_ms": ms,
                       "images_per_second": round(args.batch_size * 1e3 / ms, 2),
                       "runs_step_ms": [x["step_ms"] for x in rs],
+                      "runs_min_sample_ms": [min(x["samples_ms"]) for x in rs],
+                      "runs_cpu_ms_per_step": [x["cpu_ms_per_step"] for x in rs],
                       "compile_s": [x["compile_s"] for x in rs],
                       "device_count": rs[0]["device_count"], **benchmarks.host_info()})
   base = {(r["pair"], r["method"], r["teacher_dtype"]): r for r in records
@@ -422,12 +428,6 @@ def sweep(args, variants, rounds):
       records.append(_ratio("variant/default (images/s, >1 = variant faster)", r, b,
                             variant=r["variant"], baseline=variants[0], pair=r["pair"],
                             method=r["method"]))
-      if "kd_jax_over_torch" in r and "kd_jax_over_torch" in b:
-        records.append({
-            "kind": "ratio", "ratio": "variant/default, each normalized by the PyTorch "
-            "step timed in the same process", "variant": r["variant"],
-            "baseline": variants[0], "pair": r["pair"], "method": r["method"],
-            "value": round(r["kd_jax_over_torch"] / b["kd_jax_over_torch"], 4)})
   return records
 
 

@@ -62,10 +62,17 @@ def test_sigterm_mid_run_checkpoints_and_resumes_to_identical_parameters(
   stopped = train.train_and_evaluate(config, workdir, dataset)
   assert stopped["signal"] == signal.SIGTERM and stopped["stopped_at"] in (2, 3)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
   monkeypatch.setattr(MetricWriter, "write", original_write)
-  train.train_and_evaluate(config, workdir, dataset)
+  summary = train.train_and_evaluate(config, workdir, dataset)
   for a, b in zip(_params(straight_run), _params(workdir)):
     np.testing.assert_array_equal(a, b)
+  # Same per-epoch test accuracy in both runs, each epoch evaluated exactly once, and the
+  # summary's best/last are those of the log.
+  evals = [[(r["epoch"], r["top1"]) for r in read_metrics(d, "eval")] for d in (straight_run, workdir)]
+  assert evals[0] == evals[1] and [e for e, _ in evals[0]] == [1, 2]
+  assert summary["last_top1"] == evals[0][-1][1]
+  assert summary["best_top1"] == max(top1 for _, top1 in evals[0])
 
 
 def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, config, dataset, straight_run):
