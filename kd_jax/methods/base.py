@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kd_jax import losses
 from kd_jax.data import augment
 
 
@@ -39,6 +40,13 @@ def cross_entropy(logits, labels):
   """Mean softmax cross-entropy in float32."""
   return optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), labels).mean()
+
+
+def distillation_logits(student, teacher, standardize):
+  """The logits the KD term compares: raw, or z-scored per sample (Sun et al. 2024)."""
+  if standardize:
+    return losses.logit_standardize(student.logits), losses.logit_standardize(teacher.logits)
+  return student.logits, teacher.logits
 
 
 def linear_warmup(epoch, warmup_epochs):

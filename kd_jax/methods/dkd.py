@@ -5,7 +5,7 @@ Epochs count from 1 as in mdistiller, so the first epoch gets 1/warmup of the we
 import dataclasses
 
 from kd_jax import losses
-from kd_jax.methods.base import Method, cross_entropy, linear_warmup
+from kd_jax.methods.base import Method, cross_entropy, distillation_logits, linear_warmup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,10 +18,7 @@ class DKD(Method):
   standardize: bool = False
 
   def loss(self, student, teacher, labels, epoch, aux):
-    student_logits, teacher_logits = student.logits, teacher.logits
-    if self.standardize:
-      student_logits = losses.logit_standardize(student_logits)
-      teacher_logits = losses.logit_standardize(teacher_logits)
+    student_logits, teacher_logits = distillation_logits(student, teacher, self.standardize)
     warmup = linear_warmup(epoch + 1, self.warmup_epochs)
     terms = {
         "ce": self.ce_weight * cross_entropy(student.logits, labels),

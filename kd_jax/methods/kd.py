@@ -6,7 +6,7 @@ z-scored per sample before the KD term (the CE term keeps the raw student logits
 import dataclasses
 
 from kd_jax import losses
-from kd_jax.methods.base import Method, cross_entropy
+from kd_jax.methods.base import Method, cross_entropy, distillation_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,10 +17,7 @@ class KD(Method):
   standardize: bool = False
 
   def loss(self, student, teacher, labels, epoch, aux):
-    student_logits, teacher_logits = student.logits, teacher.logits
-    if self.standardize:
-      student_logits = losses.logit_standardize(student_logits)
-      teacher_logits = losses.logit_standardize(teacher_logits)
+    student_logits, teacher_logits = distillation_logits(student, teacher, self.standardize)
     terms = {
         "ce": self.ce_weight * cross_entropy(student.logits, labels),
         "kd": self.kd_weight * losses.kd(student_logits, teacher_logits, self.temperature),

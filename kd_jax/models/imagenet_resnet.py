@@ -12,15 +12,6 @@ from flax import nnx
 from kd_jax.models import layers
 
 
-def _downsample(in_planes, out_planes, stride, kw):
-  if stride == 1 and in_planes == out_planes:
-    return None
-  return nnx.List([
-      layers.conv(in_planes, out_planes, 1, stride=stride, **kw),
-      layers.batch_norm(out_planes, **kw),
-  ])
-
-
 class BasicBlock(nnx.Module):
   """Two 3x3 convs plus shortcut; returns the sum before the final ReLU."""
   expansion = 1
@@ -31,7 +22,7 @@ class BasicBlock(nnx.Module):
     self.bn1 = layers.batch_norm(planes, **kw)
     self.conv2 = layers.conv(planes, planes, 3, padding=1, **kw)
     self.bn2 = layers.batch_norm(planes, **kw)
-    self.downsample = _downsample(in_planes, planes, stride, kw)
+    self.downsample = layers.projection(in_planes, planes, stride, kw)
 
   def __call__(self, x, train):
     ura = not train
@@ -55,7 +46,7 @@ class Bottleneck(nnx.Module):
     self.bn2 = layers.batch_norm(planes, **kw)
     self.conv3 = layers.conv(planes, out_planes, 1, **kw)
     self.bn3 = layers.batch_norm(out_planes, **kw)
-    self.downsample = _downsample(in_planes, out_planes, stride, kw)
+    self.downsample = layers.projection(in_planes, out_planes, stride, kw)
 
   def __call__(self, x, train):
     ura = not train

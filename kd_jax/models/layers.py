@@ -82,6 +82,14 @@ def linear(in_features, out_features, *, kernel_init=TORCH_DEFAULT, bias_init=No
       dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
+def projection(in_planes, out_planes, stride, kw):
+  """The 1x1 conv + BN shortcut of ResNets when the shape changes, else None (identity)."""
+  if stride == 1 and in_planes == out_planes:
+    return None
+  return nnx.List([conv(in_planes, out_planes, 1, stride=stride, **kw),
+                   batch_norm(out_planes, **kw)])
+
+
 def sequential(layers, x, train):
   """Runs an nnx.List like nn.Sequential; BatchNorms get use_running_average=not train."""
   for layer in layers:

@@ -10,16 +10,6 @@ from flax import nnx
 from kd_jax.models import layers
 
 
-def _shortcut(in_planes, out_planes, stride, kw):
-  """1x1 conv + BN projection when the shape changes, else None (identity)."""
-  if stride == 1 and in_planes == out_planes:
-    return None
-  return nnx.List([
-      layers.conv(in_planes, out_planes, 1, stride=stride, **kw),
-      layers.batch_norm(out_planes, **kw),
-  ])
-
-
 class BasicBlock(nnx.Module):
   """Two 3x3 convs; returns (out, pre-ReLU sum)."""
   expansion = 1
@@ -30,7 +20,7 @@ class BasicBlock(nnx.Module):
     self.bn1 = layers.batch_norm(planes, **kw)
     self.conv2 = layers.conv(planes, planes, 3, padding=1, **kw)
     self.bn2 = layers.batch_norm(planes, **kw)
-    self.shortcut = _shortcut(in_planes, planes, stride, kw)
+    self.shortcut = layers.projection(in_planes, planes, stride, kw)
 
   def __call__(self, x, train):
     ura = not train
@@ -56,7 +46,7 @@ class Bottleneck(nnx.Module):
     self.bn2 = layers.batch_norm(planes, **kw)
     self.conv3 = layers.conv(planes, out_planes, 1, **kw)
     self.bn3 = layers.batch_norm(out_planes, **kw)
-    self.shortcut = _shortcut(in_planes, out_planes, stride, kw)
+    self.shortcut = layers.projection(in_planes, out_planes, stride, kw)
 
   def __call__(self, x, train):
     ura = not train
