@@ -17,6 +17,7 @@ times an epoch as the real recipe does (every 200 of 782 steps), then a test-set
 evaluation (a test set 1/5 of the training set, CIFAR's proportion) and an Orbax
 checkpoint. Its time starts at the epoch's first step (after the checkpoint restore that
 starts every `run` call) and ends when `run` returns; compilation is done beforehand.
+compile_s is the wall time of the first call of the step (compilation + one step).
 --variants runs this command once per variant in subprocesses, alternating, to compare
 settings that must be fixed before JAX starts: tokens starting with --xla go into
 XLA_FLAGS, others (e.g. --cpu-devices=2) are passed to the child.
@@ -38,12 +39,11 @@ CIFAR_TRAIN, CIFAR_TEST = 50000, 10000
 REAL_LOG_EVERY, REAL_STEPS_PER_EPOCH = 200, 782  # the recipe's logging at batch 64
 
 
-def _jax_imports(cpu_devices=0):
-  """Imports JAX lazily, so --cpu-devices can be set before its backend starts."""
+def _start_jax(cpu_devices=0):
+  """Imports JAX here, not at the top, so --cpu-devices is set before its backend starts."""
   import jax  # pylint: disable=g-import-not-at-top
   if cpu_devices:
     jax.config.update("jax_num_cpu_devices", cpu_devices)
-  return jax
 
 
 def jax_info():
@@ -52,7 +52,8 @@ def jax_info():
   import jax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   kind = device.device_kind if device.platform != "cpu" else benchmarks.cpu_model()
-  return {"framework": "kd_jax", "device": kind, "platform": device.platform,
+  return {"framework": "kd_jax", "device": kind, "device_kind": device.device_kind,
+          "platform": device.platform,
           "device_count": jax.device_count(), "jax": jax.__version__,
           "jaxlib": metadata.version("jaxlib"), "flax": metadata.version("flax")}
 
@@ -108,9 +109,11 @@ class Variant:
                    "student": config.student.model}
 
   def step_args(self, permutation, sums=None):
+    """The arguments of `Trainer.train_step`; fresh zero metric sums unless given."""
     t = self.trainer
-    return (t.state, t._zero_metrics() if sums is None else sums,  # pylint: disable=protected-access
-            t.teacher_state, t.train_images, t.train_labels, permutation)
+    if sums is None:
+      sums = t._zero_metrics()  # pylint: disable=protected-access
+    return (t.state, sums, t.teacher_state, t.train_images, t.train_labels, permutation)
 
 
 class StepBench:
@@ -156,6 +159,7 @@ class LoopBench:
     trainer = variant.trainer
     self.steps = trainer.steps_per_epoch
     self.done = 0
+    self.eval_seconds = []  # test-set evaluation time of each epoch
     self.record = {**variant.record, "mode": "loop", "steps_per_epoch": self.steps,
                    "eval_images": len(trainer.dataset.test_labels),
                    "log_every_steps": variant.config.log_every_steps}
@@ -170,12 +174,21 @@ class LoopBench:
         start.append(time.perf_counter())
       return step_fn(*args)
 
+    evaluate_fn = trainer._evaluate_epoch  # pylint: disable=protected-access
+
+    def timed_evaluate(*args):
+      eval_start = time.perf_counter()
+      evaluate_fn(*args)
+      self.eval_seconds.append(time.perf_counter() - eval_start)
+
     target = (self.done // self.steps + 1) * self.steps
     trainer.train_step = first_call_timer
+    trainer._evaluate_epoch = timed_evaluate  # pylint: disable=protected-access
     try:
       progress = trainer.run(self.workdir, max_steps=target)
     finally:
       trainer.train_step = step_fn
+      del trainer._evaluate_epoch  # back to the class's method
     seconds = time.perf_counter() - start[0]
     assert progress.get("stopped_at") == target, progress
     self.done = target
@@ -187,6 +200,7 @@ class LoopBench:
     start = time.perf_counter()
     self.done = int(jax.device_get(self.variant.trainer.state.step))
     self._run_epoch()
+    self.eval_seconds.clear()
     return time.perf_counter() - start
 
   def time_block(self):
@@ -248,7 +262,7 @@ def run(pairs, method_names, teacher_dtypes=("float32",), batch_size=64, steps=4
         repeats=3, mode="step", loop_steps=12, compare_torch=False, torch_threads=None,
         flops=False, workdir=None, cpu_devices=0):
   """Builds every variant, times them interleaved; returns the JSON records."""
-  _jax_imports(cpu_devices)
+  _start_jax(cpu_devices)
   from kd_jax import data  # pylint: disable=g-import-not-at-top
   records, variants = [], []
   for pair in pairs:
@@ -274,7 +288,7 @@ def run(pairs, method_names, teacher_dtypes=("float32",), batch_size=64, steps=4
   variants = [Variant(*v, batch_size, dataset, loop_steps) for v in unique]
   info = {**jax_info(), **benchmarks.host_info()}
 
-  benches, warm = [], []
+  benches = []
   tmp = tempfile.TemporaryDirectory(prefix="kd_jax_bench_") if workdir is None else None
   root = workdir or tmp.name
   for i, v in enumerate(variants):
@@ -298,7 +312,7 @@ def run(pairs, method_names, teacher_dtypes=("float32",), batch_size=64, steps=4
   all_benches = benches + torch_benches
   cached = [_cache_sizes(v) for v in variants]
   samples = benchmarks.interleaved(all_benches, repeats)
-  recompiled = {v.record["pair"] + v.record["method"] + str(v.teacher_dtype)
+  recompiled = {(v.pair, v.method_name, v.teacher_dtype)
                 for v, before in zip(variants, cached) if _cache_sizes(v) != before}
   if tmp is not None:
     tmp.cleanup()
@@ -311,12 +325,16 @@ def run(pairs, method_names, teacher_dtypes=("float32",), batch_size=64, steps=4
               "repeats": repeats, "compile_s": round(bench.compile_s, 2),
               **benchmarks.host_info()}
     if bench not in torch_benches:
-      key = record["pair"] + record["method"] + str(record["teacher_dtype"])
+      key = (record["pair"], record["method"], record["teacher_dtype"])
       record["compiled_while_timing"] = key in recompiled
     if bench.second_call_s is not None:
       record["second_call_s"] = round(bench.second_call_s, 2)
     if bench.warmup_s is not None:
       record["loop_warmup_s"] = round(bench.warmup_s, 2)
+    if isinstance(bench, LoopBench):
+      eval_s = statistics.median(bench.eval_seconds)
+      record["eval_s_per_epoch"] = round(eval_s, 3)
+      record["eval_ms_per_image"] = round(1e3 * eval_s / record["eval_images"], 3)
     measured.append(record)
   records += measured
   records += _ratios(measured)
@@ -390,7 +408,6 @@ def sweep(args, variants, rounds):
            "--method", args.method, "--teacher-dtype", args.teacher_dtype,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps),
            "--repeats", str(args.repeats), "--mode", "step"]
-
   results = {v: [] for v in variants}
   for r in range(rounds):
     shift = r % len(variants)

@@ -94,7 +94,7 @@ class Trainer:
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.optimizer, self.schedule = make_optimizer(config.optim, self.steps_per_epoch)
     self.batch_sharding = NamedSharding(mesh, P("data"))
-    replicated = NamedSharding(mesh, P())
+    self.replicated = replicated = NamedSharding(mesh, P())
 
     self.student_def, params, model_state = nnx.split(StudentWithHead(student, head),
                                                       nnx.Param, ...)
@@ -214,8 +214,10 @@ class Trainer:
     return state, jax.tree.map(jnp.add, metric_sums, metrics) | {_FIRST_NONFINITE: first_nonfinite}
 
   def _zero_metrics(self):
+    """Fresh metric sums, replicated like the step's output (else the step recompiles)."""
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._metric_shapes)
-    return zeros | {_FIRST_NONFINITE: jnp.asarray(_NEVER, jnp.int32)}
+    zeros[_FIRST_NONFINITE] = jnp.asarray(_NEVER, jnp.int32)
+    return jax.device_put(zeros, self.replicated)
 
   def _eval_step(self, graphdef, variables, *batch):
     """Sums of correct top-1/top-5 and CE over the valid (mask=1) samples of one batch."""

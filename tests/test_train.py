@@ -135,3 +135,17 @@ def test_every_smoke_config_runs_from_main(tmp_path, config):
   result = _main(f"--config=configs/{config}", f"--workdir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(read_metrics(str(tmp_path), "eval")) == 2
+
+
+def test_train_step_compiles_once(dataset, teacher_dir):
+  """Fresh metric sums after a log point must not trigger a second compilation."""
+  config = _tiny_config(cifar_kd, teacher_dir)
+  teacher = checkpoint.load_teacher(teacher_dir, "resnet8", 10)
+  trainer = train.Trainer(config, dataset, models.create("resnet8", 10, rngs=nnx.Rngs(0)),
+                          teacher, methods.create(config.method), train.data_mesh())
+  batch = next(trainer._train_batches(0))
+  sums = trainer._zero_metrics()
+  for reset in (False, False, True, False):  # as the loop: carry the sums, reset at a log
+    sums = trainer._zero_metrics() if reset else sums
+    trainer.state, sums = trainer.train_step(trainer.state, sums, trainer.teacher_state, *batch)
+  assert trainer.train_step._cache_size() == 1
