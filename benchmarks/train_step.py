@@ -8,7 +8,8 @@ Prints one JSON line per measurement (`kind` 'measurement'), then ratio lines (`
 'ratio'). --pair, --method and --teacher-dtype take comma-separated lists; all the
 variants (and the PyTorch step with --compare-torch) are built in one process and timed
 in alternating blocks, each number the median over --repeats blocks. Methods without a
-kd_jax method or a configs/cifar_<method>.py are skipped with a note.
+kd_jax method or a configs/cifar_<method>.py are skipped with a note (ND methods, e.g.
+kd_nd, come from configs/cifar_nd.py).
 
 Modes: 'step' runs `Trainer.train_step` on device-resident data, --steps steps per
 timed block, waiting only at the end of a block. 'loop' runs `Trainer.run` for one
@@ -63,17 +64,17 @@ def method_config(pair, method):
   from kd_jax import methods  # pylint: disable=g-import-not-at-top
   if method not in methods.METHODS:
     return None
+  nd_base = method.endswith("_nd")  # configs/cifar_nd.py takes 'kd_nd,PAIR' etc.
   try:
-    module = importlib.import_module(f"configs.cifar_{method}")
+    module = importlib.import_module("configs.cifar_nd" if nd_base else f"configs.cifar_{method}")
   except ImportError:
     return None
   teacher, student = benchmarks.resolve_pair(pair)
+  known_pair = pair if pair in module.cifar_common.PAIRS else next(iter(module.cifar_common.PAIRS))
   if method == "ce":  # configs/cifar_ce.py takes a model name
     config = module.get_config(student)
-  elif pair in module.cifar_common.PAIRS:
-    config = module.get_config(pair)
   else:
-    config = module.get_config(next(iter(module.cifar_common.PAIRS)))
+    config = module.get_config(f"{method},{known_pair}" if nd_base else known_pair)
   config.teacher.model, config.student.model = teacher, student
   return config
 
@@ -101,8 +102,14 @@ class Variant:
     if self.method.needs_teacher:
       teacher = models.create(config.teacher.model, dataset.num_classes, rngs=nnx.Rngs(1),
                               dtype=train.DTYPES[teacher_dtype])
+    head = self.method.make_head(models.pooled_dim(config.student.model),
+                                 models.pooled_dim(config.teacher.model), nnx.Rngs(2))
+    class_means = None
+    if self.method.needs_class_means:  # random class means: speed only
+      class_means = jax.random.uniform(
+          jax.random.key(3), (dataset.num_classes, models.pooled_dim(config.teacher.model)))
     self.trainer = train.Trainer(config, dataset, student, teacher, self.method,
-                                 train.data_mesh())
+                                 train.data_mesh(), head, class_means)
     self.record = {"pair": pair, "method": method, "batch_size": batch_size,
                    "teacher_dtype": self.teacher_dtype,
                    "teacher": config.teacher.model if teacher else None,
