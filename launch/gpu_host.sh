@@ -25,21 +25,9 @@ e.g. -- --config.seed=1 --config.optim.lr=0.1
 EOF
 }
 
-die() { echo "gpu_host.sh: $*" >&2; exit 2; }
-
-DRY_RUN=0
-show() {  # Prints a command as one copy-pastable line, like set -x.
-  local line="+" arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[-A-Za-z0-9_./:=,@%+]+$ ]]; then line+=" $arg"
-    else line+=" '${arg//\'/\'\\\'\'}'"; fi
-  done
-  echo "$line${SHOW_SUFFIX:-}" >&2
-}
-run() {  # Prints the command, then runs it unless --dry-run.
-  show "$@"
-  if [[ "$DRY_RUN" == 0 ]]; then "$@"; fi
-}
+SCRIPT=gpu_host.sh DRY_RUN=0
+# shellcheck source-path=SCRIPTDIR source=common.bash
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONFIG="" WORKDIR="" GPUS="" CUDA="12" VENV="$REPO/.venv" PYTHON="3.11" LOG=""

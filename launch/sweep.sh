@@ -35,17 +35,9 @@ Exit status: 0 if every command succeeded, 1 otherwise.
 EOF
 }
 
-die() { echo "sweep.sh: $*" >&2; exit 2; }
-
-DRY_RUN=0
-show() {  # Prints a command as one copy-pastable line, like set -x.
-  local line="+" arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[-A-Za-z0-9_./:=,@%+]+$ ]]; then line+=" $arg"
-    else line+=" '${arg//\'/\'\\\'\'}'"; fi
-  done
-  echo "$line${SHOW_SUFFIX:-}" >&2
-}
+SCRIPT=sweep.sh DRY_RUN=0
+# shellcheck source-path=SCRIPTDIR source=common.bash
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GPU_COUNT="" GPU_IDS="" PER_JOB=1 TPUS="" ZONE="" PROJECT="" LOG_DIR="" INPUT="-"

@@ -35,21 +35,9 @@ On the workers: code in ~/kd_jax, venv in ~/kd_venv, log in ~/kd_jax.log.
 EOF
 }
 
-die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
-
-DRY_RUN=0
-show() {  # Prints a command as one copy-pastable line, like set -x.
-  local line="+" arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[-A-Za-z0-9_./:=,@%+]+$ ]]; then line+=" $arg"
-    else line+=" '${arg//\'/\'\\\'\'}'"; fi
-  done
-  echo "$line${SHOW_SUFFIX:-}" >&2
-}
-run() {  # Prints the command, then runs it unless --dry-run.
-  show "$@"
-  if [[ "$DRY_RUN" == 0 ]]; then "$@"; fi
-}
+SCRIPT=tpu_vm.sh DRY_RUN=0
+# shellcheck source-path=SCRIPTDIR source=common.bash
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 
 NAME="" ZONE="" CONFIG="" WORKDIR="" ACCELERATOR="" VERSION="" PROJECT="" PYTHON="3.11"
 CREATE=0 SPOT=0 SKIP_INSTALL=0 SETUP_ONLY=0 FOLLOW=1
