@@ -35,6 +35,13 @@ def test_command_on_a_teacher_directory(tmp_path):
       timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.startswith("top1 ") and "top5 " in result.stdout
+  bf16 = subprocess.run(
+      [sys.executable, "-m", "kd_jax.tools.evaluate", f"--checkpoint={tmp_path}", "--model=resnet8",
+       "--dtype=bfloat16", f"--teacher={tmp_path}", "--teacher_model=resnet8", "--dataset=cifar10",
+       "--source=synthetic"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert bf16.returncode == 0, bf16.stderr[-2000:]
+  agreement = float(bf16.stdout.split("agreement ")[1].rstrip("%\n"))
+  assert 50.0 <= agreement <= 100.0
   bad = subprocess.run(
       [sys.executable, "-m", "kd_jax.tools.evaluate", f"--checkpoint={tmp_path}", "--model=resnet14",
        "--dataset=cifar10", "--source=synthetic"], cwd=REPO, capture_output=True, text=True,

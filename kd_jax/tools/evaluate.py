@@ -6,7 +6,8 @@
 
 A checkpoint is whatever kd_jax.checkpoint.load_teacher reads: a PyTorch .pth, a kd_jax
 teacher directory, or a finished run's workdir (its final student). For a run's workdir
-the data settings default to the run's own (config.json), so the numbers match its log.
+the data settings default to the run's own (config.json), so the numbers match its log. `--dtype=bfloat16` with the
+same checkpoint as --teacher measures how often a bfloat16 teacher agrees with float32.
 """
 import json
 import os
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpoint, data
+from kd_jax import checkpoint, data, train
 from kd_jax.errors import UserError
 
 
@@ -70,7 +71,8 @@ def main(argv):
   flag = flags.FLAGS
   try:
     dataset = data.load(**_data_settings(flag))
-    model = checkpoint.load_teacher(flag.checkpoint, flag.model, dataset.num_classes)
+    model = checkpoint.load_teacher(flag.checkpoint, flag.model, dataset.num_classes,
+                                    dtype=train.DTYPES[flag.dtype])
     teacher_logits = None
     if flag.teacher:
       teacher = checkpoint.load_teacher(flag.teacher, flag.teacher_model, dataset.num_classes)
@@ -87,6 +89,9 @@ if __name__ == "__main__":
   flags.DEFINE_string("model", None, "Model name of the checkpoint (kd_jax.models.names()).")
   flags.DEFINE_string("teacher", "", "Optional teacher checkpoint, for agreement.")
   flags.DEFINE_string("teacher_model", "", "Model name of --teacher.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                    "Compute dtype of --checkpoint's model (--teacher runs in float32): "
+                    "the same file as both measures bfloat16's agreement with float32.")
   flags.DEFINE_string("dataset", "cifar100", "cifar10 or cifar100.")
   flags.DEFINE_string("source", "auto", "auto, folder, tfds or synthetic.")
   flags.DEFINE_string("data_dir", "", "Folder holding cifar-100-python/ (or TFDS data_dir).")
