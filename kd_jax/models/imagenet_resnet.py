@@ -89,10 +89,7 @@ class ImageNetResNet(nnx.Module):
         x = jax.nn.relu(preact)
       preacts.append(preact)
       stages.append(x)
-    pooled = layers.global_avg_pool(x)
-    logits = self.fc(pooled)
-    return logits, {'pooled': pooled, 'stages': tuple(stages),
-                    'preact_stages': tuple(preacts)}
+    return layers.classify(x, self.fc, stages, preacts)
 
 
 def _factory(block, num_blocks):

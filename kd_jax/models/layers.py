@@ -122,6 +122,26 @@ def avg_pool(x, kernel_size, stride, padding=0):
   return summed / kernel_size**2
 
 
+def residual_stages(x, stages, train):
+  """Runs stages of blocks that return (out, pre-ReLU sum); collects both after each
+  stage, the stem's `x` first (mdistiller's feats / preact_feats)."""
+  outs, preacts = [x], [x]
+  for stage in stages:
+    for block in stage:
+      x, preact = block(x, train)
+    outs.append(x)
+    preacts.append(preact)
+  return x, outs, preacts
+
+
+def classify(x, classifier, stages, preacts):
+  """Global-average-pools `x` and classifies it: the (logits, features) every model
+  returns, features = {'pooled', 'stages', 'preact_stages'}."""
+  pooled = global_avg_pool(x)
+  return classifier(pooled), {'pooled': pooled, 'stages': tuple(stages),
+                              'preact_stages': tuple(preacts)}
+
+
 def global_avg_pool(x):
   """[B, H, W, C] -> [B, C]; equals the fixed-size AvgPool2d the PyTorch models use."""
   return jnp.mean(x, axis=(1, 2))

@@ -58,10 +58,7 @@ class MobileNetV1(nnx.Module):
         stages.append(x)
       else:
         x = layers.sequential(unit, x, train)
-    pooled = layers.global_avg_pool(x)
-    logits = self.fc(pooled)
-    return logits, {'pooled': pooled, 'stages': tuple(stages),
-                    'preact_stages': tuple(preacts)}
+    return layers.classify(x, self.fc, stages, preacts)
 
 
 def mobilenet_v1(num_classes, *, rngs, dtype=jnp.float32):

@@ -83,10 +83,7 @@ class MobileNetV2(nnx.Module):
       if i in (1, 2, 4, 6):
         stages.append(x)
     x = layers.sequential(self.conv2, x, train)
-    pooled = layers.global_avg_pool(x)
-    logits = self.classifier[0](pooled)
-    return logits, {'pooled': pooled, 'stages': tuple(stages),
-                    'preact_stages': tuple(stages)}
+    return layers.classify(x, self.classifier[0], stages, stages)
 
 
 def mobile_half(num_classes, *, rngs, dtype=jnp.float32):

@@ -83,16 +83,9 @@ class ResNetV2(nnx.Module):
   def __call__(self, x, train):
     x = self.conv1(x.astype(self.dtype))
     x = jax.nn.relu(self.bn1(x, use_running_average=not train))
-    stages, preacts = [x], [x]
-    for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-      for block in stage:
-        x, preact = block(x, train)
-      stages.append(x)
-      preacts.append(preact)
-    pooled = layers.global_avg_pool(x)
-    logits = self.linear(pooled)
-    return logits, {'pooled': pooled, 'stages': tuple(stages),
-                    'preact_stages': tuple(preacts)}
+    x, stages, preacts = layers.residual_stages(
+        x, (self.layer1, self.layer2, self.layer3, self.layer4), train)
+    return layers.classify(x, self.linear, stages, preacts)
 
 
 def resnet18(num_classes, *, rngs, dtype=jnp.float32):

@@ -97,10 +97,7 @@ class ShuffleNetV2(nnx.Module):
       stages.append(x)
       preacts.append(preact)
     x = jax.nn.relu(self.bn2(self.conv2(x), use_running_average=ura))
-    pooled = layers.global_avg_pool(x)
-    logits = self.linear(pooled)
-    return logits, {'pooled': pooled, 'stages': tuple(stages),
-                    'preact_stages': tuple(preacts)}
+    return layers.classify(x, self.linear, stages, preacts)
 
 
 def shuffle_v2(num_classes, *, rngs, dtype=jnp.float32):

@@ -58,10 +58,7 @@ class VGG(nnx.Module):
       x = jax.nn.relu(preact)
       stages.append(x)
       preacts.append(preact)
-    pooled = layers.global_avg_pool(x)
-    logits = self.classifier(pooled)
-    return logits, {'pooled': pooled, 'stages': tuple(stages),
-                    'preact_stages': tuple(preacts)}
+    return layers.classify(x, self.classifier, stages, preacts)
 
 
 def _factory(config):

@@ -85,10 +85,7 @@ class WideResNet(nnx.Module):
     p2 = self.block3.layer[0].bn1(f2, use_running_average=ura)
     f3 = self.block3(f2, train, first_preact=p2)
     p3 = self.bn1(f3, use_running_average=ura)
-    pooled = layers.global_avg_pool(jax.nn.relu(p3))
-    logits = self.fc(pooled)
-    return logits, {'pooled': pooled, 'stages': (f0, f1, f2, f3),
-                    'preact_stages': (f0, p1, p2, p3)}
+    return layers.classify(jax.nn.relu(p3), self.fc, (f0, f1, f2, f3), (f0, p1, p2, p3))
 
 
 def _factory(depth, widen_factor):
