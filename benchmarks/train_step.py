@@ -15,7 +15,8 @@ Modes: 'step' runs `Trainer.train_step` on device-resident data, --steps steps p
 timed block, waiting only at the end of a block. 'loop' runs `Trainer.run` for one
 whole (synthetic, shortened) epoch of --loop-steps steps per block: logging about 4
 times an epoch as the real recipe does (every 200 of 782 steps), then a test-set
-evaluation (a test set 1/5 of the training set, CIFAR's proportion) and an Orbax
+evaluation (10,000 test images per 782 steps, the real proportion, in the recipe's
+eval batches) and an Orbax
 checkpoint. Its time starts at the epoch's first step (after the checkpoint restore that
 starts every `run` call) and ends when `run` returns; compilation is done beforehand.
 compile_s is the wall time of the first call of the step (compilation + one step).
@@ -36,7 +37,7 @@ import time
 
 import benchmarks
 
-CIFAR_TRAIN, CIFAR_TEST = 50000, 10000
+CIFAR_TEST = 10000
 REAL_LOG_EVERY, REAL_STEPS_PER_EPOCH = 200, 782  # the recipe's logging at batch 64
 
 
@@ -89,9 +90,9 @@ class Variant:
     config = method_config(pair, method)
     config.batch_size = batch_size
     config.teacher.checkpoint, config.teacher.dtype = "", teacher_dtype
-    devices = len(jax.devices())
-    per_device = -(-min(1000, len(dataset.test_labels)) // devices)
-    config.eval_batch_size = per_device * devices  # one batch covers a small test set
+    devices = len(jax.devices())  # the recipe's eval batch, at most the test set, split evenly
+    per_device = -(-min(config.eval_batch_size, len(dataset.test_labels)) // devices)
+    config.eval_batch_size = per_device * devices
     config.log_every_steps = max(1, loop_steps * REAL_LOG_EVERY // REAL_STEPS_PER_EPOCH)
     self.config, self.pair, self.method_name = config, pair, method
     self.method = methods.create(config.method)
@@ -289,7 +290,8 @@ def run(pairs, method_names, teacher_dtypes=("float32",), batch_size=64, steps=4
       unique.append((pair, method, dtype))
 
   train_size = batch_size * (loop_steps if mode != "step" else max(4, steps))
-  test_size = max(1, train_size * CIFAR_TEST // CIFAR_TRAIN)
+  # As many test images per train step as the real epoch (10,000 per 782 steps).
+  test_size = max(1, round(CIFAR_TEST * train_size / (batch_size * REAL_STEPS_PER_EPOCH)))
   dataset = data.load("cifar100", "synthetic", synthetic_train_size=train_size,
                       synthetic_test_size=test_size)
   variants = [Variant(*v, batch_size, dataset, loop_steps) for v in unique]

@@ -47,3 +47,16 @@ def test_torch_step_alone():
                                repeats=1)
   assert [r["method"] for r in records] == ["kd", "ce"]
   assert all(r["framework"] == "torch" and r["images_per_second"] > 0 for r in records)
+
+
+def test_conv_layers_records():
+  """Every layer of resnet8 gets forward / input_grad / weight_grad lines per framework."""
+  from benchmarks import conv_layers  # pylint: disable=g-import-not-at-top
+  records = conv_layers.run("resnet8", batch_size=2, calls=1, repeats=1, with_torch=HAS_TORCH)
+  frameworks = {"kd_jax", "torch"} if HAS_TORCH else {"kd_jax"}
+  keys = {(r["framework"], r["op"], r["size"], r["in"], r["out"]) for r in records}
+  assert len(keys) == len(records) == 6 * 3 * len(frameworks)
+  assert {r["framework"] for r in records} == frameworks
+  assert all(r["ms"] > 0 and r["gflop_per_s"] > 0 for r in records)
+  # resnet8's stride-2 layer 16 -> 32 at 32x32 input: 2 * 2 * 16 * 16 * 32 * 9 * 16 MACs.
+  assert conv_layers.gflop(2, 32, 16, 32, 2) == 2 * 2 * 16 * 16 * 32 * 9 * 16 / 1e9
