@@ -15,10 +15,10 @@ Modes: 'step' runs `Trainer.train_step` on device-resident data, --steps steps p
 timed block, waiting only at the end of a block. 'loop' runs `Trainer.run` for one
 whole (synthetic, shortened) epoch of --loop-steps steps per block: logging about 4
 times an epoch as the real recipe does (every 200 of 782 steps), then a test-set
-evaluation (10,000 test images per 782 steps, the real proportion, in the recipe's
-eval batches) and an Orbax
-checkpoint. Its time starts at the epoch's first step (after the checkpoint restore that
-starts every `run` call) and ends when `run` returns; compilation is done beforehand.
+evaluation (10,000 test images per 782 steps, the real proportion, in the recipe's eval
+batches) and an Orbax checkpoint. Its time starts at the epoch's first step (after the
+checkpoint restore that starts every `run` call) and ends when `run` returns;
+compilation is done beforehand.
 compile_s is the wall time of the first call of the step (compilation + one step).
 --variants runs this command once per variant in subprocesses, alternating, to compare
 settings that must be fixed before JAX starts: tokens starting with --xla go into
