@@ -25,8 +25,9 @@ def layer_shapes(model):
   if not match:
     raise ValueError(f"--model must be a CIFAR resnet like resnet20 or resnet8x4, got {model!r}")
   w0, w1, w2, w3 = (32, 64, 128, 256) if match.group(2) else (16, 16, 32, 64)
-  return [(32, 3, w0, 1), (32, w1, w1, 1), (32, w1, w2, 2), (16, w2, w2, 1),
-          (16, w2, w3, 2), (8, w3, w3, 1)]
+  shapes = [(32, 3, w0, 1), (32, w0, w1, 1), (32, w1, w1, 1), (32, w1, w2, 2),
+            (16, w2, w2, 1), (16, w2, w3, 2), (8, w3, w3, 1)]
+  return list(dict.fromkeys(shapes))  # w0 == w1 in the plain resnets
 
 
 def gflop(batch_size, size, cin, cout, stride):
