@@ -123,6 +123,10 @@ def main(argv=None):
   parser.add_argument("--torch-threads", type=int, default=None)
   parser.add_argument("--no-torch", action="store_true")
   args = parser.parse_args(argv)
+  try:
+    layer_shapes(args.model)
+  except ValueError as e:
+    parser.error(str(e))  # one line, exit status 2
   for record in run(args.model, args.batch_size, args.calls, args.repeats, args.torch_threads,
                     not args.no_torch):
     benchmarks.emit(record)

@@ -489,6 +489,11 @@ def main(argv=None):
   parser.add_argument("--variant-rounds", type=int, default=2)
   parser.add_argument("--workdir", default=None, help="loop mode's run folders (default: tmp)")
   args = parser.parse_args(argv)
+  for pair in args.pair.split(","):
+    try:
+      benchmarks.resolve_pair(pair)
+    except ValueError as e:
+      parser.error(str(e))  # one line, exit status 2
   if args.variants:
     records = sweep(args, [v.strip() for v in args.variants.split(";")], args.variant_rounds)
   else:

@@ -1,4 +1,5 @@
 """The speed benchmarks run end to end on tiny models and report the promised fields."""
+import importlib
 import importlib.util
 
 import pytest
@@ -63,3 +64,16 @@ def test_conv_layers_records():
   assert all(r["ms"] > 0 and r["gflop_per_s"] > 0 for r in records)
   # resnet8's stride-2 layer 16 -> 32 at 32x32 input: 2 * 2 * 16 * 16 * 32 * 9 * 16 MACs.
   assert conv_layers.gflop(2, 32, 16, 32, 2) == 2 * 2 * 16 * 16 * 32 * 9 * 16 / 1e9
+
+
+@pytest.mark.parametrize("module,argv,message", [
+    ("train_step", ["--pair", "nope"], "unknown pair 'nope'"),
+    ("conv_layers", ["--model", "vgg8"], "got 'vgg8'")])
+def test_bad_arguments_exit_with_one_line(module, argv, message, capsys):
+  """A bad pair or model name: argparse's one-line error and exit status 2, no traceback."""
+  main = importlib.import_module(f"benchmarks.{module}").main
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err.splitlines()[-1] and "Traceback" not in err
