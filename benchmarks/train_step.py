@@ -97,8 +97,7 @@ class Variant:
     self.config, self.pair, self.method_name = config, pair, method
     self.method = methods.create(config.method)
     self.teacher_dtype = teacher_dtype if self.method.needs_teacher else None
-    student = models.create(config.student.model, dataset.num_classes,
-                            rngs=nnx.Rngs(config.seed))
+    student = train.create_student(config, dataset.num_classes)
     teacher = None
     if self.method.needs_teacher:
       teacher = models.create(config.teacher.model, dataset.num_classes, rngs=nnx.Rngs(1),

@@ -30,7 +30,10 @@ def get_base(method: dict) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       dataset="cifar100", source="auto", data_dir="", synthetic_train_size=512,
       synthetic_test_size=256))
-  config.student = ml_collections.ConfigDict(dict(model="resnet8x4"))
+  # bn_group_size > 0: BatchNorm statistics per group of that many samples of the global
+  # batch (what nn.DataParallel gives per GPU); 0: the whole batch.
+  config.student = ml_collections.ConfigDict(dict(model="resnet8x4", classifier_init="zoo",
+                                                  bn_group_size=0))
   config.teacher = ml_collections.ConfigDict(dict(
       model="resnet32x4", checkpoint="", dtype="float32", train_epochs=0))
   config.method = ml_collections.ConfigDict(method)

@@ -29,6 +29,7 @@ from kd_jax import class_means as class_means_lib
 from kd_jax.data import augment, batching
 from kd_jax.errors import UserError
 from kd_jax.methods import Aux, ModelOutput
+from kd_jax.models import layers
 from kd_jax.metrics import MetricWriter, Progress
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -96,8 +97,9 @@ class Trainer:
     self.batch_sharding = NamedSharding(mesh, P("data"))
     self.replicated = replicated = NamedSharding(mesh, P())
 
-    self.student_def, params, model_state = nnx.split(StudentWithHead(student, head),
-                                                      nnx.Param, ...)
+    trainable = layers.set_batch_norm_groups(StudentWithHead(student, head),
+                                             config.student.bn_group_size)
+    self.student_def, params, model_state = nnx.split(trainable, nnx.Param, ...)
     self.class_means = None if class_means is None else jax.device_put(
         jnp.asarray(class_means, jnp.float32), replicated)
     self.state = jax.device_put(TrainState(
@@ -332,6 +334,12 @@ class Trainer:
     return nnx.merge(self.student_def, self.state.params, self.state.model_state).student
 
 
+def create_student(config, num_classes):
+  """The student as the recipe initialises it (config.student.classifier_init)."""
+  return models.create(config.student.model, num_classes, rngs=nnx.Rngs(config.seed),
+                       classifier_init=config.student.classifier_init)
+
+
 def _check_config(config):
   """Catches user mistakes before any data is loaded or anything compiled."""
   devices = jax.device_count()
@@ -453,8 +461,7 @@ def _run_locked(config, workdir, dataset, method, teacher, teacher_path, max_ste
                                       dtype=teacher_dtype)
 
   mesh = data_mesh()
-  student = models.create(config.student.model, dataset.num_classes,
-                          rngs=nnx.Rngs(config.seed))
+  student = create_student(config, dataset.num_classes)
   head = method.make_head(models.pooled_dim(config.student.model),
                           models.pooled_dim(config.teacher.model), nnx.Rngs(config.seed + 1))
   class_means = None

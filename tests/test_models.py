@@ -153,6 +153,44 @@ def test_batchnorm_running_stats_match_pytorch_update():
   np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
 
 
+def test_grouped_batchnorm_normalises_each_group_and_tracks_the_first():
+  """bn_group_size: per-group batch statistics (NumPy), running stats from group 0 only
+  with PyTorch's unbiased variance, as nn.DataParallel's replica on device 0 updates them."""
+  x = np.random.default_rng(0).normal(2.0, 3.0, (12, 3, 3, 4)).astype(np.float32)
+  bn = layers.batch_norm(4, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  bn.scale[...], bn.bias[...] = jnp.full(4, 1.5), jnp.full(4, -0.5)
+  layers.set_batch_norm_groups(bn, 4)
+  y = np.asarray(bn(jnp.asarray(x), use_running_average=False))
+  groups = x.reshape(3, 4 * 9, 4)  # 3 groups of 4 samples x 9 pixels
+  expected = (groups - groups.mean(1, keepdims=True)) / np.sqrt(groups.var(1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(y, (1.5 * expected - 0.5).reshape(x.shape), atol=2e-5)
+  np.testing.assert_allclose(bn.mean[...], 0.1 * groups[0].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * groups[0].var(0, ddof=1), rtol=1e-5)
+  # group_size = the batch is the plain layer; eval mode ignores groups.
+  whole = layers.batch_norm(4, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  grouped = layers.set_batch_norm_groups(layers.batch_norm(4, dtype=jnp.float32, rngs=nnx.Rngs(0)), 12)
+  np.testing.assert_allclose(grouped(x, use_running_average=False),
+                             whole(x, use_running_average=False), atol=1e-5)
+  running = (x - np.asarray(bn.mean[...])) / np.sqrt(np.asarray(bn.var[...]) + 1e-5)
+  np.testing.assert_allclose(bn(x, use_running_average=True), 1.5 * running - 0.5, atol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", ["normal_0.01", "zero_bias"])
+def test_classifier_init_schemes(scheme):
+  zoo = models.create("resnet20", 100, rngs=nnx.Rngs(0))
+  model = models.create("resnet20", 100, rngs=nnx.Rngs(0), classifier_init=scheme)
+  kernel, bias = np.asarray(model.fc.kernel[...]), np.asarray(model.fc.bias[...])
+  if scheme == "zero_bias":
+    np.testing.assert_array_equal(kernel, zoo.fc.kernel[...])
+    assert not bias.any()
+  else:
+    assert abs(kernel.std() - 0.01) < 0.0005 and abs(bias.std() - 0.01) < 0.003
+    assert abs(kernel.mean()) < 0.001
+  np.testing.assert_array_equal(model.conv1.kernel[...], zoo.conv1.kernel[...])  # rest as the zoo
+  with pytest.raises(UserError, match="classifier_init"):
+    models.create("resnet20", 100, rngs=nnx.Rngs(0), classifier_init="xavier")
+
+
 def test_bfloat16_forward_is_finite_with_float32_params():
   images = _images('resnet8')
   model = models.create('resnet8', rngs=nnx.Rngs(0), dtype=jnp.bfloat16)

@@ -277,45 +277,83 @@ def _painted_box(before, after, fill=ra.FILL):
   return rows, cols
 
 
-def _clipped_side(index, size, n=32):
-  """A side clipped by the border has at least size//2 pixels; an unclipped one has size."""
-  length = len(index)
-  if index[0] > 0 and index[-1] < n - 1:
-    assert length == size
-  else:
-    assert size // 2 <= length <= size
+def _boxes(cutout, batch_size, seed=0):
+  """Painted (top, left, height, width) per image, clipped to 32x32, as NumPy arrays."""
+  top, left, bottom, right = (np.asarray(b)[:, 0] for b in jax.jit(
+      ra.cutout_boxes, static_argnums=(1, 2, 3, 4))(jax.random.key(seed), batch_size, 32, 32,
+                                                   cutout))
+  top, left = np.maximum(top, 0), np.maximum(left, 0)
+  return top, left, np.minimum(bottom, 31) - top + 1, np.minimum(right, 31) - left + 1
 
 
-def test_cutout_paints_one_clipped_16px_square_of_the_fill():
-  # Values below 100: no pixel equals the fill, so every painted pixel is visible.
-  images = np.random.default_rng(3).integers(0, 100, (256, 32, 32, 3)).astype(np.uint8)
-  out = np.asarray(jax.jit(ra.cutout)(jax.random.key(0), images))
-  assert out.dtype == np.uint8 and out.shape == images.shape
-  tops, clipped = [], 0
-  for before, after in zip(images, out):
-    rows, cols = _painted_box(before, after)
-    _clipped_side(rows, 16)
-    _clipped_side(cols, 16)
-    tops.append(rows[0])
-    clipped += len(rows) < 16 or len(cols) < 16
-  assert min(tops) == 0 and max(tops) >= 16  # Centres cover the image, borders clip.
-  # A centre is clipped on an axis with p = 15/32, so on either axis with p = 0.72.
-  assert 0.6 < clipped / len(images) < 0.85
+def _public_code_boxes(n, rng):
+  """MLKD's CutoutAbs written out with NumPy draws, one image at a time; the painted
+  span of PIL's rectangle (x0, y0, x1, y1) is int(x0)..int(x1) inclusive (checked with
+  Pillow in the next test)."""
+  boxes = []
+  for _ in range(n):
+    v = rng.random_sample() * 0.5 * 32  # Cutout(img, v in [0, 0.5)) -> CutoutAbs(img, v * 32)
+    x0, y0 = rng.uniform(32), rng.uniform(32)  # numpy's uniform(low=32, high=1.0)
+    x0, y0 = int(max(0, x0 - v / 2.)), int(max(0, y0 - v / 2.))
+    x1, y1 = min(32, x0 + v), min(32, y0 + v)
+    boxes.append((y0, x0, min(int(y1), 31) - y0 + 1, min(int(x1), 31) - x0 + 1))
+  return np.array(boxes).T
 
 
-def test_cutout_per_sample_sizes_and_fill():
-  images = np.zeros((4, 32, 32, 3), np.uint8)
-  sizes = np.array([1, 5, 16, 32], np.int32)
-  out = np.asarray(ra.cutout(jax.random.key(1), images, sizes, fill=(9, 8, 7)))
-  for before, after, size in zip(images, out, sizes):
+@pytest.mark.skipif(not HAS_PIL, reason='needs Pillow')
+def test_pil_rectangle_paints_truncated_corners_inclusive():
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    x0, y0 = int(rng.integers(0, 32)), int(rng.integers(0, 32))
+    x1, y1 = min(32, x0 + rng.random() * 16), min(32, y0 + rng.random() * 16)
+    image = Image.new('RGB', (32, 32))
+    ImageDraw.Draw(image).rectangle((x0, y0, x1, y1), (125, 123, 114))
+    rows, cols = np.nonzero(np.asarray(image).any(-1))
+    assert (rows.min(), rows.max()) == (y0, min(int(y1), 31))
+    assert (cols.min(), cols.max()) == (x0, min(int(x1), 31))
+
+
+def test_public_code_cutout_matches_mlkd_distribution():
+  """Joint (top, height) and (left, width) frequencies over 200k draws against the
+  reference's: an off-by-one in the side or the centre's range moves a bin by > 5 sigma."""
+  n = 200_000
+  ours = _boxes("public_code", n)
+  theirs = _public_code_boxes(n, np.random.RandomState(1))  # legacy API, as MLKD
+  for start, extent in ((0, 2), (1, 3)):  # rows: (top, height); cols: (left, width)
+    for boxes in (ours, theirs):
+      assert boxes[extent].min() >= 1 and boxes[extent].max() <= 16
+    keys = [boxes[start] * 32 + boxes[extent] for boxes in (ours, theirs)]
+    p_ours, p_theirs = (np.bincount(k, minlength=33 * 32) / n for k in keys)
+    sigma = np.sqrt(np.maximum(p_theirs * (1 - p_theirs), 1 / n) * 2 / n)
+    assert (np.abs(p_ours - p_theirs) < 5 * sigma).all()
+  # Kept whole at the top/left border: every side floor(v) + 1 in 1..16 appears there.
+  unclipped = (ours[0] + ours[2] <= 31) & (ours[1] + ours[3] <= 31)
+  assert (ours[2][unclipped] == ours[3][unclipped]).all()  # a square where not clipped
+  sides = np.bincount(ours[2][unclipped & (ours[0] == 0)], minlength=17)[1:]
+  assert (sides > 0).all()
+
+
+def test_paper_16px_cutout_is_a_clipped_16px_square_at_a_uniform_centre():
+  top, left, height, width = _boxes("paper_16px", 20_000)
+  assert height.max() == 16 and width.max() == 16 and height.min() == 8 and width.min() == 8
+  # The centre is uniform over 0..31; top = centre - 8, so 8 of 32 centres clip to 0.
+  assert abs(np.mean(top == 0) - 9 / 32) < 0.02 and abs(np.mean(left == 0) - 9 / 32) < 0.02
+
+
+def test_paint_boxes_fills_exactly_the_clipped_box():
+  images = np.random.default_rng(3).integers(0, 100, (64, 32, 32, 3)).astype(np.uint8)
+  top, left, bottom, right = ra.cutout_boxes(jax.random.key(2), 64, 32, 32)
+  out = np.asarray(ra.paint_boxes(images, top, left, bottom, right, fill=(9, 8, 7)))
+  for i, (before, after) in enumerate(zip(images, out)):
     rows, cols = _painted_box(before, after, fill=(9, 8, 7))
-    _clipped_side(rows, size)
-    _clipped_side(cols, size)
+    assert (rows[0], rows[-1]) == (int(top[i, 0]), min(int(bottom[i, 0]), 31))
+    assert (cols[0], cols[-1]) == (int(left[i, 0]), min(int(right[i, 0]), 31))
 
 
 # ---------------------------------------------------------------- the strong view
 
-_strong_view = jax.jit(ra.strong_view, static_argnames=('num_ops', 'cutout_size'))
+_strong_view = jax.jit(ra.strong_view, static_argnames=('num_ops', 'cutout'))
 
 
 def test_strong_view_is_keyed_per_sample_and_keeps_dtype_shape():
@@ -334,20 +372,20 @@ def test_strong_view_is_crop_flip_then_rand_augment_then_cutout():
   key = jax.random.key(5)
 
   def composed(key, images):
-    crop_key, augment_key, size_key, cutout_key = jax.random.split(key, 4)
+    crop_key, augment_key, cutout_key = jax.random.split(key, 3)
     images = ra.rand_augment(augment_key, random_crop_flip(crop_key, images))
-    sizes = jax.random.randint(size_key, (16,), 1, 17)  # MLKD: side floor(U[0, 16)) + 1.
-    return ra.cutout(cutout_key, images, sizes)
+    return ra.paint_boxes(images, *ra.cutout_boxes(cutout_key, 16, 32, 32))
 
   np.testing.assert_array_equal(_strong_view(key, images), jax.jit(composed)(key, images))
-  # Without ops and with a fixed side: a crop/flip with one clipped 16 px square painted.
+  # Without ops, the paper's variant: a crop/flip with one 16 px square (clipped) painted.
   images = np.random.default_rng(4).integers(1, 100, (16, 32, 32, 3)).astype(np.uint8)
-  out = np.asarray(_strong_view(key, images, num_ops=0, cutout_size=16))
-  cropped = np.asarray(random_crop_flip(jax.random.split(key, 4)[0], images))
+  out = np.asarray(_strong_view(key, images, num_ops=0, cutout="paper_16px"))
+  cropped = np.asarray(random_crop_flip(jax.random.split(key, 3)[0], images))
   for before, after in zip(cropped, out):
     rows, cols = _painted_box(before, after)
-    _clipped_side(rows, 16)
-    _clipped_side(cols, 16)
+    assert 8 <= len(rows) <= 16 and 8 <= len(cols) <= 16
+    assert len(rows) == 16 or rows[0] == 0 or rows[-1] == 31
+    assert len(cols) == 16 or cols[0] == 0 or cols[-1] == 31
 
 
 def test_strong_view_same_on_8_sharded_devices():

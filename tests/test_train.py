@@ -13,9 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-from configs import cifar_cskd, cifar_kd
+from configs import cifar_cskd, cifar_kd, cifar_nd
 from kd_jax import checkpoint, data, methods, models, train
 from kd_jax.metrics import read_metrics
+from kd_jax.models import layers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,19 +43,34 @@ def teacher_dir(tmp_path_factory):
   return path
 
 
-@pytest.mark.parametrize("config_module", [cifar_kd, cifar_cskd], ids=["kd", "cskd"])
+@pytest.mark.parametrize("config_module", [cifar_kd, cifar_cskd, cifar_nd],
+                         ids=["kd", "cskd", "nd_grouped_bn"])
 def test_one_step_on_8_devices_equals_1_device(config_module, dataset, teacher_dir):
-  """Loss terms, updated parameters (so gradients) and BatchNorm statistics agree."""
+  """Loss terms, updated parameters (so gradients) and BatchNorm statistics agree.
+
+  The ND case: a projection head (student 64 -> teacher 256 wide) and BatchNorm in
+  groups of 8 of the global batch of 16, as the authors' DataParallel (METHODS.md 5).
+  """
   config = _tiny_config(config_module, teacher_dir)
+  teacher_model, class_means = "resnet8", None
+  if config_module is cifar_nd:
+    teacher_model, config.student.bn_group_size = "resnet8x4", 8
+    class_means = jax.random.normal(jax.random.key(3), (10, 256))
   method = methods.create(config.method)
-  teacher = checkpoint.load_teacher(teacher_dir, "resnet8", 10)
+  teacher = (checkpoint.load_teacher(teacher_dir, "resnet8", 10) if teacher_model == "resnet8"
+             else models.create(teacher_model, 10, rngs=nnx.Rngs(7)))
   results = []
   for devices in (jax.devices()[:1], jax.devices()[:8]):
-    student = models.create("resnet8", 10, rngs=nnx.Rngs(config.seed))
-    trainer = train.Trainer(config, dataset, student, teacher, method, train.data_mesh(devices))
+    student = train.create_student(config, 10)
+    head = method.make_head(64, models.pooled_dim(teacher_model), nnx.Rngs(1))
+    trainer = train.Trainer(config, dataset, student, teacher, method, train.data_mesh(devices),
+                            head, class_means)
     state, sums = trainer.train_step(trainer.state, trainer._zero_metrics(), trainer.teacher_state,
                                      trainer.train_images, trainer.train_labels, trainer.permutation(0))
     assert len(state.params["student"]["conv1"]["kernel"][...].sharding.device_set) == len(devices)
+    trainable = nnx.merge(trainer.student_def, state.params, state.model_state)
+    assert {bn.group_size for _, bn in nnx.iter_graph(trainable)
+            if isinstance(bn, layers.BatchNorm)} == {config.student.bn_group_size}
     results.append(jax.device_get((sums, state.params, state.model_state)))
   (sums_1, params_1, stats_1), (sums_8, params_8, stats_8) = results
   assert sums_1.keys() == sums_8.keys() and "loss" in sums_1
@@ -64,6 +80,8 @@ def test_one_step_on_8_devices_equals_1_device(config_module, dataset, teacher_d
     np.testing.assert_allclose(sums_8[key], sums_1[key], rtol=2e-5, atol=1e-5, err_msg=key)
   for a, b in zip(jax.tree.leaves(params_1) + jax.tree.leaves(stats_1),
                   jax.tree.leaves(params_8) + jax.tree.leaves(stats_8)):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):  # the head's dropout RNG
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 

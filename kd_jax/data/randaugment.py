@@ -7,7 +7,7 @@ CSKD code builds on): strong view = RandomCrop(32, padding=4) -> RandomHorizonta
 one always, with a value drawn uniformly from the op's range, then a Cutout whose side is
 U[0, 0.5) * 32 px filled with (125, 123, 114).
 
-What this module implements (`strong_view` = `random_crop_flip` -> `rand_augment` -> `cutout`,
+What this module implements (`strong_view` = `random_crop_flip` -> `rand_augment` -> Cutout,
 in MLKD's order, each independent per sample, on a uint8 NHWC batch):
 
 - pool (index: op, value range at magnitude 10, identity value):
@@ -23,12 +23,13 @@ in MLKD's order, each independent per sample, on a uint8 NHWC batch):
   (`lo' = id + m/10 (lo - id)`, same for hi), so m = 10 (the default) is exactly MLKD's ranges
   and m = 0 makes the 11 valued ops the identity (AutoContrast and Equalize have no value).
   MLKD ignores m; this mapping is kd_jax's, for ablations only.
-- Cutout: a square of side `size` at an integer centre uniform over the image, top-left
-  `centre - size // 2`, clipped at all borders, filled with (125, 123, 114). `strong_view`
-  draws the side per sample uniform in {1, ..., 16}, which is what MLKD's PIL code paints
-  (rectangle corners inclusive: side floor(U[0, 16)) + 1); pass `cutout_size=16` for a fixed
-  16 px square. MLKD's CutoutAbs instead shifts the square inwards at the top/left border
-  (clipping only at the bottom/right); that placement quirk is not reproduced.
+- Cutout (`cutout="public_code"`, the default): MLKD's CutoutAbs exactly. Per image one
+  v ~ U[0, 16) (0.5 x width), a centre per axis drawn as `np.random.uniform(32)` = U(1, 32],
+  corner `int(max(0, c - v/2))`, far corner `min(32, corner + v)`, and PIL's rectangle paints
+  both corners inclusive (truncating them to int): side floor(v) + 1 in 1..16 px, kept whole
+  at the top/left border and clipped only at the bottom/right. `cutout="paper_16px"`: the
+  paper text's fixed 16 px square at a centre uniform over the pixels, clipped at every
+  border (DeVries & Taylor's Cutout). Both fill with (125, 123, 114).
 
 The ops follow Pillow 13 (checked against it in tests/test_randaugment.py):
 - LUT ops per channel: Posterize keeps the top `bits` bits; Solarize inverts values >= t;
@@ -297,31 +298,47 @@ def rand_augment(key, images, num_ops: int = 2, magnitude=MAX_MAGNITUDE):
   return images
 
 
-def cutout(key, images, size=16, fill=FILL):
-  """Paints a `size` square (int, or int [B] per image) at a uniform centre, clipped, with fill."""
-  batch_size, height, width, _ = images.shape
-  size = jnp.broadcast_to(jnp.asarray(size, jnp.int32), (batch_size,))[:, None]
-  row_key, col_key = jax.random.split(key)
-  top = jax.random.randint(row_key, (batch_size, 1), 0, height) - size // 2
-  left = jax.random.randint(col_key, (batch_size, 1), 0, width) - size // 2
-  rows = jnp.arange(height)[None, :]
-  cols = jnp.arange(width)[None, :]
-  in_rows = (rows >= top) & (rows < top + size)  # [B, H]
-  in_cols = (cols >= left) & (cols < left + size)  # [B, W]
+CUTOUTS = ("public_code", "paper_16px")
+
+
+def cutout_boxes(key, batch_size, height, width, cutout="public_code"):
+  """Per image (top, left, bottom, right), inclusive pixel bounds, [B, 1] int32 each;
+  bounds past the image are clipped when painting. See the module docstring."""
+  side_key, row_key, col_key = jax.random.split(key, 3)
+  if cutout == "paper_16px":
+    side = 16
+    top = jax.random.randint(row_key, (batch_size, 1), 0, height) - side // 2
+    left = jax.random.randint(col_key, (batch_size, 1), 0, width) - side // 2
+    return top, left, top + side - 1, left + side - 1
+  if cutout != "public_code":
+    raise ValueError(f"unknown cutout {cutout!r}; valid: {', '.join(CUTOUTS)}")
+  v = jax.random.uniform(side_key, (batch_size, 1), maxval=0.5 * width)
+
+  def corners(axis_key, extent):  # np.random.uniform(extent) draws from (1, extent]
+    centre = extent - (extent - 1) * jax.random.uniform(axis_key, (batch_size, 1))
+    near = jnp.floor(jnp.maximum(0.0, centre - v / 2))
+    far = jnp.floor(jnp.minimum(float(extent), near + v))
+    return near.astype(jnp.int32), far.astype(jnp.int32)
+
+  (top, bottom), (left, right) = corners(row_key, height), corners(col_key, width)
+  return top, left, bottom, right
+
+
+def paint_boxes(images, top, left, bottom, right, fill=FILL):
+  """Fills each image's inclusive box (clipped to the image) with `fill`."""
+  rows = jnp.arange(images.shape[1])[None, :]
+  cols = jnp.arange(images.shape[2])[None, :]
+  in_rows = (rows >= top) & (rows <= bottom)  # [B, H]
+  in_cols = (cols >= left) & (cols <= right)  # [B, W]
   inside = in_rows[:, :, None, None] & in_cols[:, None, :, None]
   return jnp.where(inside, jnp.asarray(fill, images.dtype), images)
 
 
-def strong_view(key, images, num_ops: int = 2, magnitude=MAX_MAGNITUDE, cutout_size=None,
-                padding: int = 4):
-  """MLKD's strong view: crop + flip, then RandAugment, then Cutout; uint8 NHWC in and out.
-
-  `cutout_size=None` draws each side uniform in {1..16} as MLKD does; an int fixes it.
-  """
-  crop_key, augment_key, size_key, cutout_key = jax.random.split(key, 4)
+def strong_view(key, images, num_ops: int = 2, magnitude=MAX_MAGNITUDE,
+                cutout="public_code", padding: int = 4):
+  """MLKD's strong view: crop + flip, then RandAugment, then Cutout; uint8 NHWC in and out."""
+  crop_key, augment_key, cutout_key = jax.random.split(key, 3)
   images = random_crop_flip(crop_key, images, padding)
   images = rand_augment(augment_key, images, num_ops, magnitude)
-  if cutout_size is None:
-    half_width = images.shape[2] // 2
-    cutout_size = jax.random.randint(size_key, (images.shape[0],), 1, half_width + 1)
-  return cutout(cutout_key, images, cutout_size)
+  batch_size, height, width, _ = images.shape
+  return paint_boxes(images, *cutout_boxes(cutout_key, batch_size, height, width, cutout))

@@ -10,9 +10,9 @@ the batch median, c = fraction of classes whose summed probability is <= the cla
 median (linear-interpolation percentiles, as numpy's default).
 
 Views: weak = crop + flip; strong = crop + flip + RandAugment(2 ops) + Cutout filled
-with (125, 123, 114), drawn independently. Cutout is a 16 px square as METHODS.md
-states; MLKD's public code instead draws the side uniformly in 1..16 px
-(`cutout_size=0` selects that).
+with (125, 123, 114), drawn independently. Cutout as the public code draws it (side 1..16 px, kept whole at
+the top/left border; METHODS.md 4.3); `cutout="paper_16px"` is the paper text's fixed
+16 px square.
 """
 import dataclasses
 
@@ -44,12 +44,12 @@ class CSKDMultiView(Method):
   temperature: float = 4.0
   t_low: float = 2.0
   t_high: float = 6.0
-  cutout_size: int = 16
+  cutout: str = "public_code"
 
   def views(self, key, images):
     weak_key, strong_key = jax.random.split(key)
     return [augment.random_crop_flip(weak_key, images),
-            randaugment.strong_view(strong_key, images, cutout_size=self.cutout_size or None)]
+            randaugment.strong_view(strong_key, images, cutout=self.cutout)]
 
   def loss(self, student, teacher, labels, epoch, aux):
     (student_weak, student_strong), (teacher_weak, teacher_strong) = student, teacher

@@ -2,6 +2,7 @@
 
 KD++  = CE + min(1, e/warmup) kd_weight KD(T) + nd_weight ND
 DKD++ = CE + min(1, e/warmup) DKD(alpha, beta, T) + nd_weight ND
+        (with `warmup_nd`, as the authors' ImageNet DKD++: the ND term warmed up too)
 CSKD+ND = CE + weight [cskd(T) + cskd(T_i)] + nd_weight ND   (new: unpublished)
 with e the 0-based epoch, as the ND authors count. When the student's pooled width
 differs from the teacher's, ND sees the student feature through a projection head
@@ -12,7 +13,7 @@ import dataclasses
 from flax import nnx
 import jax.numpy as jnp
 
-from kd_jax import losses
+from kd_jax import losses, models
 from kd_jax.models import layers
 from kd_jax.methods.base import Method, cross_entropy, linear_warmup
 from kd_jax.methods.cskd import CSKD
@@ -21,13 +22,15 @@ from kd_jax.methods.cskd import CSKD
 class ProjectionHead(nnx.Module):
   """BatchNorm1d(d_s) -> Dropout(0.5) -> Linear(d_s, d_t): feeds only the ND term.
 
-  PyTorch's layer defaults (BatchNorm statistics, Linear init), as the authors' head.
+  The Linear starts as the authors' `init` says (models.CLASSIFIER_INITS): on CIFAR
+  PyTorch's default weight with a zero bias, on ImageNet weight and bias N(0, 0.01^2).
   """
 
-  def __init__(self, student_dim, teacher_dim, rngs):
+  def __init__(self, student_dim, teacher_dim, rngs, init="zero_bias"):
     self.bn = layers.batch_norm(student_dim, dtype=jnp.float32, rngs=rngs)
     self.dropout = nnx.Dropout(0.5, rngs=rngs)
     self.linear = layers.linear(student_dim, teacher_dim, dtype=jnp.float32, rngs=rngs)
+    models.reinit_linear(self.linear, init, rngs)
 
   def __call__(self, features, train):
     features = self.bn(features, use_running_average=not train)
@@ -50,9 +53,12 @@ def nd_term(student, teacher, labels, aux, train=True):
 class _WithND(Method):
   """Shared ND plumbing: class means from the teacher, the projection head."""
   needs_class_means = True
+  head_init: str = "zero_bias"
 
   def make_head(self, student_dim, teacher_dim, rngs):
-    return None if student_dim == teacher_dim else ProjectionHead(student_dim, teacher_dim, rngs)
+    if student_dim == teacher_dim:
+      return None
+    return ProjectionHead(student_dim, teacher_dim, rngs, self.head_init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,15 +90,16 @@ class DKDND(_WithND):
   temperature: float = 4.0
   nd_weight: float = 1.0
   warmup_epochs: int = 20
+  warmup_nd: bool = False
 
   def loss(self, student, teacher, labels, epoch, aux):
     nd, norms = nd_term(student, teacher, labels, aux)
+    warmup = linear_warmup(epoch, self.warmup_epochs)
     terms = {
         "ce": self.ce_weight * cross_entropy(student.logits, labels),
-        "dkd": linear_warmup(epoch, self.warmup_epochs)
-               * losses.dkd(student.logits, teacher.logits, labels, self.alpha, self.beta,
-                            self.temperature),
-        "nd": self.nd_weight * nd,
+        "dkd": warmup * losses.dkd(student.logits, teacher.logits, labels, self.alpha,
+                                   self.beta, self.temperature),
+        "nd": (warmup if self.warmup_nd else 1.0) * self.nd_weight * nd,
     }
     return sum(terms.values()), terms | norms
 

@@ -23,6 +23,8 @@ indices line up. Leaf names and layouts:
 BatchNorms are layers.BatchNorm (an nnx.BatchNorm whose running_var uses the unbiased
 batch variance, as PyTorch), eps 1e-5, momentum 0.1 in PyTorch terms.
 """
+from flax import nnx
+import jax
 import jax.numpy as jnp
 
 from kd_jax.errors import UserError
@@ -54,10 +56,34 @@ def _lookup(name):
   return _REGISTRY[name]
 
 
-def create(name, num_classes=100, *, rngs, dtype=jnp.float32):
+# How an author's code re-initialises the classifier on top of the model's own init:
+# 'zoo' keeps it (mdistiller's); 'normal_0.01' draws weight and bias from N(0, 0.01^2)
+# (the ND authors' CIFAR ResNets); 'zero_bias' zeroes the bias (the ND authors' EmbTrans
+# init loop, which runs over the wrapped student too).
+CLASSIFIER_INITS = ('zoo', 'normal_0.01', 'zero_bias')
+
+
+def create(name, num_classes=100, *, rngs, dtype=jnp.float32, classifier_init='zoo'):
   """Builds model `name`; params are float32, `dtype` is the computation dtype."""
   constructor, _ = _lookup(name)
-  return constructor(num_classes, rngs=rngs, dtype=dtype)
+  model = constructor(num_classes, rngs=rngs, dtype=dtype)
+  if classifier_init not in CLASSIFIER_INITS:
+    raise UserError(f'unknown classifier_init {classifier_init!r}; valid: '
+                    f'{", ".join(CLASSIFIER_INITS)}')
+  if classifier_init != 'zoo':
+    for _, linear in nnx.iter_graph(model):
+      if isinstance(linear, nnx.Linear):
+        reinit_linear(linear, classifier_init, rngs)
+  return model
+
+
+def reinit_linear(linear, scheme, rngs):
+  """Applies one of CLASSIFIER_INITS (other than 'zoo') to an nnx.Linear in place."""
+  if scheme == 'normal_0.01':
+    for param in (linear.kernel, linear.bias):
+      param[...] = 0.01 * jax.random.normal(rngs.params(), param.shape, param.dtype)
+  elif scheme == 'zero_bias':
+    linear.bias[...] = jnp.zeros_like(linear.bias[...])
 
 
 def pooled_dim(name):

@@ -37,13 +37,23 @@ class BatchNorm(nnx.BatchNorm):
 
   Flax keeps the biased variance; PyTorch's running_var uses n/(n-1). The correction
   is exact algebra on Flax's update: new + (new - momentum * old) / (n - 1).
+
+  `group_size` > 0 (set with `set_batch_norm_groups`) normalises each consecutive group
+  of that many samples of the global batch with its own statistics, as a model wrapped
+  in nn.DataParallel sees them on each GPU; the running statistics then follow the first
+  group alone, because DataParallel keeps only the in-place buffer updates of the
+  replica on its first device. Groups are cut from the global batch, so the result does
+  not depend on how many devices the batch is sharded over.
   """
+  group_size: int = 0
 
   def __call__(self, x, use_running_average=None, *, mask=None):
     if use_running_average is None:
       use_running_average = self.use_running_average
     if use_running_average:
       return super().__call__(x, use_running_average=True, mask=mask)
+    if self.group_size and self.group_size != x.shape[0]:
+      return self._grouped(x)
     old_var = self.var[...]
     y = super().__call__(x, use_running_average=False, mask=mask)
     count = x.size // x.shape[-1]
@@ -51,6 +61,32 @@ class BatchNorm(nnx.BatchNorm):
       new_var = self.var[...]
       self.var[...] = new_var + (new_var - self.momentum * old_var) / (count - 1)
     return y
+
+  def _grouped(self, x):
+    """Training-mode normalisation with per-group statistics (float32 inside)."""
+    if x.shape[0] % self.group_size:
+      raise ValueError(f"batch of {x.shape[0]} does not split into BatchNorm groups of "
+                       f"{self.group_size}")
+    groups = x.reshape(x.shape[0] // self.group_size, self.group_size, *x.shape[1:])
+    groups = groups.astype(jnp.float32)
+    axes = tuple(range(1, groups.ndim - 1))
+    mean = jnp.mean(groups, axes, keepdims=True)
+    var = jnp.mean(jnp.square(groups - mean), axes, keepdims=True)
+    y = (groups - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+    count = groups[0].size // x.shape[-1]
+    first_mean = jax.lax.stop_gradient(mean[0].reshape(-1))
+    first_var = jax.lax.stop_gradient(var[0].reshape(-1)) * count / max(count - 1, 1)
+    self.mean[...] = self.momentum * self.mean[...] + (1 - self.momentum) * first_mean
+    self.var[...] = self.momentum * self.var[...] + (1 - self.momentum) * first_var
+    return y.reshape(x.shape).astype(self.dtype or x.dtype)
+
+
+def set_batch_norm_groups(module, group_size):
+  """Sets `group_size` (0 = the whole batch) on every BatchNorm inside `module`."""
+  for _, child in nnx.iter_graph(module):
+    if isinstance(child, BatchNorm):
+      child.group_size = group_size
+  return module
 
 
 def batch_norm(num_features, *, dtype, rngs):
