@@ -11,4 +11,5 @@ from configs import cifar_common
 def get_config(arg="res32x4_res8x4"):
   config = cifar_common.get_base(dict(name="cskd", ce_weight=1.0, weight=2.0, temperature=4.0,
                                       cswt=True, t_low=2.0, t_high=6.0))
+  config.source = "CSKD + CSWT, single view, as the paper's equations (METHODS.md 4.3)"
   return cifar_common.for_pair(config, arg)

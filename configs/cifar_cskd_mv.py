@@ -13,6 +13,8 @@ def get_config(arg="res32x4_res8x4"):
   config = cifar_common.get_base(dict(name="cskd_mv", ce_weight=1.0, weight=2.0, cc_weight=1.0,
                                       bc_weight=1.0, temperature=4.0, t_low=2.0, t_high=6.0,
                                       cutout="public_code"))
+  config.source = ("CSKD multi-view as the public code llieeai/lud (MLKD pipeline; "
+                   "METHODS.md 4.3)")
   config = cifar_common.for_pair(config, arg)
   if arg != "smoke":
     config.num_epochs = 480

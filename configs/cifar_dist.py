@@ -11,4 +11,5 @@ from configs import cifar_common
 def get_config(arg="res32x4_res8x4"):
   config = cifar_common.get_base(dict(name="dist", ce_weight=1.0, beta=2.0, gamma=2.0,
                                       temperature=4.0))
+  config.source = "DIST (Huang et al. NeurIPS 2022), paper's CIFAR settings"
   return cifar_common.for_pair(config, arg)

@@ -2,7 +2,8 @@
 
   python main.py --config=configs/cifar_dkd.py:res32x4_res8x4 --workdir=runs/dkd_res32x4_res8x4
 
-arg: a pair of configs/cifar_common.PAIRS or 'smoke'; beta per pair as mdistiller's configs.
+arg: a pair of configs/cifar_common.PAIRS or 'smoke'; beta per pair as mdistiller's
+configs/cifar100/dkd/*.yaml (beta 8 where a pair has no yaml: the five LS/MLKD pairs).
 """
 from configs import cifar_common
 
@@ -12,10 +13,12 @@ BETA = {
     "vgg13_vgg8": {"beta": 6.0},
     "wrn40_2_wrn16_2": {"beta": 6.0},
     "wrn40_2_wrn40_1": {"beta": 6.0},
+    "vgg13_mv2": {"beta": 6.0},
 }
 
 
 def get_config(arg="res32x4_res8x4"):
   config = cifar_common.get_base(dict(name="dkd", ce_weight=1.0, alpha=1.0, beta=8.0,
                                       temperature=4.0, warmup_epochs=20, standardize=False))
+  config.source = "DKD (Zhao et al. CVPR 2022): mdistiller configs/cifar100/dkd (METHODS.md 3)"
   return cifar_common.for_pair(config, arg, BETA)

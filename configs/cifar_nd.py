@@ -3,11 +3,17 @@
   python main.py --config=configs/cifar_nd.py:kd_nd,res32x4_res8x4 --workdir=runs/kdnd_res32x4_res8x4
 
 arg: 'BASE,PAIR' with BASE one of kd_nd (KD++), dkd_nd (DKD++), cskd_nd (CSKD+ND, new),
-PAIR a pair of configs/cifar_common.PAIRS; or 'smoke' (KD++) / 'BASE,smoke'. The
-authors' recipe: batch 128, SGD Nesterov, wd 5e-4, 240 epochs, decay 150/180/210.
-Per-pair weights are the authors' (kd_weight, nd_weight | alpha, beta, nd_weight);
-pairs they did not publish keep the defaults. Teacher class means are computed once and
-cached beside the teacher checkpoint.
+PAIR a pair of configs/cifar_common.PAIRS; or 'smoke' (KD++) / 'BASE,smoke'.
+
+The authors' recipe (WangYZ1608/Knowledge-Distillation-via-ND, CIFAR/train_cifar.sh and
+train_cifar_kd.py): batch 64 per GPU on 2 GPUs under nn.DataParallel, so a global batch
+of 128 whose BatchNorms see groups of 64; lr 0.1 (0.02 in the published ShuffleV1 DKD++
+command, the only command with another lr); SGD Nesterov, wd 5e-4, 240 epochs, decay
+150/180/210. Their model files initialise the student's classifier: CIFAR ResNets draw
+weight and bias from N(0, 0.01^2); the students they wrap with a projection head (wrn_40_1,
+MobileNetV2, ShuffleV1/V2) get every Linear bias zeroed. Per-pair weights are the
+authors' (kd_weight, nd_weight | alpha, beta, nd_weight); pairs they did not publish keep
+the defaults. Teacher class means are computed once and cached beside the teacher.
 """
 from configs import cifar_common
 
@@ -40,13 +46,29 @@ WEIGHTS = {  # METHODS.md section 5
 }
 
 
+LR = {("dkd_nd", "res32x4_shuv1"): 0.02}  # train_cifar.sh's DKD++ command; else 0.1
+HEAD_STUDENTS = ("wrn_40_1", "MobileNetV2", "ShuffleV1", "ShuffleV2")  # EmbTrans-wrapped
+
+
+def classifier_init(student):
+  """How the authors' CIFAR model files leave the student's classifier (see above)."""
+  if student.startswith("resnet"):
+    return "normal_0.01"
+  return "zero_bias" if student in HEAD_STUDENTS else "zoo"
+
+
 def get_config(arg="kd_nd,res32x4_res8x4"):
   base, _, pair = arg.rpartition(",") if "," in arg else ("kd_nd", "", arg)
   if base not in BASES:
     raise ValueError(f"unknown ND base {base!r}; valid: {', '.join(BASES)}")
   config = cifar_common.get_base(BASES[base])
   config = cifar_common.for_pair(config, pair, WEIGHTS[base])
+  config.student.classifier_init = classifier_init(config.student.model)
+  config.student.bn_group_size = 64
+  config.optim.nesterov = True
   if pair != "smoke":
     config.batch_size = 128
-    config.optim.nesterov = True
+    config.optim.lr = LR.get((base, pair), 0.1)
+    config.source = ("ND authors' CIFAR/train_cifar.sh and train_cifar_kd.py "
+                     "(WangYZ1608/Knowledge-Distillation-via-ND; METHODS.md 5)")
   return config

@@ -24,6 +24,7 @@ def get_base(method: dict, arg: str, method_overrides=None) -> ml_collections.Co
       worker_count=0, synthetic_train_size=0, synthetic_test_size=0, synthetic_image_size=64))
   config.optim.update(dict(lr=0.2, weight_decay=1e-4, decay_epochs=(30, 60, 90)))
   config.num_epochs, config.batch_size, config.eval_batch_size = 100, 512, 1000
+  config.source = "mdistiller ImageNet recipe, configs/imagenet (METHODS.md 6)"
   if arg == "smoke":
     config.data.update(dict(source="synthetic", image_size=64, synthetic_train_size=128,
                             synthetic_test_size=64, num_threads=2))

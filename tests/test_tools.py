@@ -160,7 +160,10 @@ def test_published_lookup():
   assert published.published_method({"name": "dkd", "nd_weight": 0.0}) == "DKD"
   assert published.published_method({"name": "kd_nd", "nd_weight": 2.0}) == "KD++"
   assert published.published_method({"name": "dkd_nd", "nd_weight": 1.0}) == "DKD++"
-  assert published.published_method({"name": "kd", "standardize": True}) is None
+  assert published.published_method({"name": "kd", "standardize": True}) == "KD+LS"
+  assert published.lookup("DKD+LS", "resnet32x4", "resnet8x4") == 77.01
+  assert published.lookup("KD", "wrn_40_2", "ShuffleV1") == 74.83
+  assert "logit standardization" in published.SOURCES[("KD", "wrn_40_2", "MobileNetV2")]
   assert published.published_method({"name": "cskd", "nd_weight": 1.0}) is None
   config = {"data": {"dataset": "cifar10"}, "student": {"model": "resnet20"},
             "teacher": {"model": "resnet56"}, "method": KD}

@@ -49,6 +49,11 @@ def distillation_logits(student, teacher, standardize):
   return student.logits, teacher.logits
 
 
+def standardized(standardize):
+  """The recipe card's note for logit standardization."""
+  return ", both sides' logits z-scored per sample (LS)" if standardize else ""
+
+
 def linear_warmup(epoch, warmup_epochs):
   """min(epoch / warmup, 1); callers choose whether epochs count from 0 or from 1."""
   return jnp.minimum(jnp.asarray(epoch, jnp.float32) / warmup_epochs, 1.0)
@@ -72,3 +77,11 @@ class Method:
 
   def loss(self, student, teacher, labels, epoch, aux: Aux):
     raise NotImplementedError
+
+  def formula(self) -> str:
+    """The total loss with this instance's weights, for the recipe card (e: 0-based epoch)."""
+    raise NotImplementedError
+
+  def describe_views(self) -> str:
+    """The augmentation of `views`, for the recipe card."""
+    return "random crop 32 (pad 4) + horizontal flip"

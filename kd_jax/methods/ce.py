@@ -11,3 +11,6 @@ class CrossEntropy(Method):
   def loss(self, student, teacher, labels, epoch, aux):
     ce = cross_entropy(student.logits, labels)
     return ce, {"ce": ce}
+
+  def formula(self):
+    return "CE"

@@ -33,3 +33,10 @@ class CSKD(Method):
                                                      temperatures)
       diagnostics = {"cswt_t_mean": jnp.mean(temperatures), "cswt_t_std": jnp.std(temperatures)}
     return sum(terms.values()), terms | diagnostics
+
+  def formula(self, extra=""):
+    """`extra`: further terms (CSKD+ND) placed before the note on T_i."""
+    cswt = " + CSKD(T_i)]" if self.cswt else "]"
+    note = f", T_i = CSWT in [{self.t_low:g}, {self.t_high:g}]" if self.cswt else ""
+    return (f"{self.ce_weight:g} CE + {self.weight:g} [CSKD(T={self.temperature:g}){cswt}"
+            f"{extra}{note}")

@@ -74,3 +74,16 @@ class CSKDMultiView(Method):
     diagnostics = {"cswt_t_mean": jnp.mean(temperatures), "cswt_t_std": jnp.std(temperatures),
                    "sample_mask": sample_fraction, "class_mask": class_fraction}
     return sum(terms.values()), terms | diagnostics
+
+  def formula(self):
+    both = f"(T={self.temperature:g}) + {{0}}(T_i)]"
+    return (f"{self.ce_weight:g} [CE(weak) + CE(strong)] + m {self.weight:g} [CSKD_weak"
+            + both.format("CSKD_weak") + f" + {self.weight:g} [CSKD_strong"
+            + both.format("CSKD_strong") + f" + c {self.cc_weight:g} [CC_weak"
+            + both.format("CC_weak") + f" + m {self.bc_weight:g} [BC_weak" + both.format("BC_weak")
+            + f", T_i = CSWT in [{self.t_low:g}, {self.t_high:g}] from the weak view, "
+            "m / c = sample / class confidence masks of the teacher's weak view")
+
+  def describe_views(self):
+    return ("weak: random crop 32 (pad 4) + flip; strong: the same + RandAugment(2 ops) + "
+            f"cutout ({self.cutout})")

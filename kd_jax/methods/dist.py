@@ -22,3 +22,7 @@ class DIST(Method):
                             self.temperature),
     }
     return sum(terms.values()), terms
+
+  def formula(self):
+    return (f"{self.ce_weight:g} CE + DIST(beta={self.beta:g}, gamma={self.gamma:g}, "
+            f"T={self.temperature:g})")

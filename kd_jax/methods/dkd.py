@@ -5,7 +5,8 @@ Epochs count from 1 as in mdistiller, so the first epoch gets 1/warmup of the we
 import dataclasses
 
 from kd_jax import losses
-from kd_jax.methods.base import Method, cross_entropy, distillation_logits, linear_warmup
+from kd_jax.methods.base import (Method, cross_entropy, distillation_logits, linear_warmup,
+                                 standardized)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,3 +27,8 @@ class DKD(Method):
                                    self.beta, self.temperature),
     }
     return sum(terms.values()), terms
+
+  def formula(self):
+    return (f"{self.ce_weight:g} CE + min(1, (e+1)/{self.warmup_epochs}) DKD(alpha="
+            f"{self.alpha:g}, beta={self.beta:g}, T={self.temperature:g})"
+            + standardized(self.standardize))

@@ -6,7 +6,7 @@ z-scored per sample before the KD term (the CE term keeps the raw student logits
 import dataclasses
 
 from kd_jax import losses
-from kd_jax.methods.base import Method, cross_entropy, distillation_logits
+from kd_jax.methods.base import Method, cross_entropy, distillation_logits, standardized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,3 +23,7 @@ class KD(Method):
         "kd": self.kd_weight * losses.kd(student_logits, teacher_logits, self.temperature),
     }
     return sum(terms.values()), terms
+
+  def formula(self):
+    return (f"{self.ce_weight:g} CE + {self.kd_weight:g} KD(T={self.temperature:g})"
+            + standardized(self.standardize))

@@ -80,6 +80,10 @@ class KDND(_WithND):
     }
     return sum(terms.values()), terms | norms
 
+  def formula(self):
+    return (f"{self.ce_weight:g} CE + min(1, e/{self.warmup_epochs}) {self.kd_weight:g} "
+            f"KD(T={self.temperature:g}) + {self.nd_weight:g} ND")
+
 
 @dataclasses.dataclass(frozen=True)
 class DKDND(_WithND):
@@ -103,6 +107,12 @@ class DKDND(_WithND):
     }
     return sum(terms.values()), terms | norms
 
+  def formula(self):
+    warmup = f"min(1, e/{self.warmup_epochs})"
+    return (f"{self.ce_weight:g} CE + {warmup} DKD(alpha={self.alpha:g}, beta={self.beta:g}, "
+            f"T={self.temperature:g}) + {warmup + ' ' if self.warmup_nd else ''}"
+            f"{self.nd_weight:g} ND")
+
 
 @dataclasses.dataclass(frozen=True)
 class CSKDND(CSKD, _WithND):
@@ -113,3 +123,6 @@ class CSKDND(CSKD, _WithND):
     total, metrics = CSKD.loss(self, student, teacher, labels, epoch, aux)
     nd, norms = nd_term(student, teacher, labels, aux)
     return total + self.nd_weight * nd, metrics | {"nd": self.nd_weight * nd} | norms
+
+  def formula(self):
+    return CSKD.formula(self, extra=f" + {self.nd_weight:g} ND")

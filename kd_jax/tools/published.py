@@ -1,9 +1,10 @@
 """Published top-1 accuracies (%) to compare kd_jax runs against (METHODS.md section 8).
 
 Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers up
-directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD) and the
-ND authors' README (KD++, DKD++). CIFAR entries are CIFAR-100; `imagenet_*` entries are
-ImageNet-1k.
+directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
+authors' README (KD++, DKD++) and the logit standardization README (+LS, CTKD, MLKD, and
+KD/DKD on its extra pairs); `SOURCES` names the one of each number. CIFAR entries are
+CIFAR-100; `imagenet_*` entries are ImageNet-1k.
 """
 
 # Teachers as published with the benchmarks' checkpoints.
@@ -31,29 +32,56 @@ STUDENTS = {
     "ShuffleV2": 71.82,
 }
 
-# (method, teacher, student) -> top-1; a pair's blank cells in METHODS.md are absent.
+# (method, teacher, student) -> top-1; blank cells are absent.
 DISTILLED = {}
-_TABLE = (  # teacher, student, KD, DKD, KD++, DKD++
-    ("resnet56", "resnet20", 70.66, 71.97, 72.53, 72.16),
-    ("resnet110", "resnet32", 73.08, 74.11, None, None),
-    ("resnet32x4", "resnet8x4", 73.33, 76.32, 75.54, 76.28),
-    ("wrn_40_2", "wrn_16_2", 74.92, 76.24, None, None),
-    ("wrn_40_2", "wrn_40_1", 73.54, 74.81, 74.59, 75.02),
-    ("vgg13", "vgg8", 72.98, 74.68, None, None),
-    ("resnet32x4", "ShuffleV1", 74.07, 76.45, 75.45, 77.11),
-    ("resnet32x4", "ShuffleV2", 74.45, 77.07, 76.42, 77.49),
-    ("ResNet50", "MobileNetV2", 67.35, 70.35, 70.10, 70.82),
-    ("imagenet_resnet34", "imagenet_resnet18", 71.03, 71.70, 71.98, 72.07),
-    ("imagenet_resnet50", "imagenet_mobilenetv1", 70.50, 72.05, 72.77, 72.63),
+# Each table: ({method: source}, rows of (teacher, student, *numbers in method order)).
+_MDISTILLER, _ND = "mdistiller README", "ND authors' README"
+_LS = "logit standardization README"
+_TABLES = (
+    ({"KD": _MDISTILLER, "DKD": _MDISTILLER, "KD++": _ND, "DKD++": _ND}, (
+         ("resnet56", "resnet20", 70.66, 71.97, 72.53, 72.16),
+         ("resnet110", "resnet32", 73.08, 74.11, None, None),
+         ("resnet32x4", "resnet8x4", 73.33, 76.32, 75.54, 76.28),
+         ("wrn_40_2", "wrn_16_2", 74.92, 76.23, None, None),
+         ("wrn_40_2", "wrn_40_1", 73.54, 74.81, 74.59, 75.02),
+         ("vgg13", "vgg8", 72.98, 74.68, None, None),
+         ("resnet32x4", "ShuffleV1", 74.07, 76.45, 75.45, 77.11),
+         ("wrn_40_2", "ShuffleV1", 74.83, 76.70, None, None),
+         ("vgg13", "MobileNetV2", 67.37, 69.71, None, None),
+         ("ResNet50", "MobileNetV2", 67.35, 70.35, 70.10, 70.82),
+         ("resnet32x4", "ShuffleV2", 74.45, 77.07, 76.42, 77.49),
+         ("imagenet_resnet34", "imagenet_resnet18", 71.03, 71.70, 71.98, 72.07),
+         ("imagenet_resnet50", "imagenet_mobilenetv1", 70.50, 72.05, 72.77, 72.63),
+     )),
+    # KD/DKD only on the pairs mdistiller lacks; '+LS' is the README's 'Ours'.
+    (dict.fromkeys(("KD", "DKD", "KD+LS", "DKD+LS", "CTKD", "CTKD+LS", "MLKD", "MLKD+LS"),
+                   _LS), (
+         ("resnet32x4", "resnet8x4", None, None, 76.62, 77.01, 73.39, 76.67, 77.08, 78.28),
+         ("vgg13", "vgg8", None, None, 74.36, 74.81, 73.52, 74.47, 75.18, 75.22),
+         ("wrn_40_2", "wrn_40_1", None, None, 74.37, 74.89, 73.93, 74.58, 75.35, 75.56),
+         ("wrn_40_2", "wrn_16_2", None, None, 76.11, 76.39, 75.45, 76.08, 76.63, 76.95),
+         ("resnet56", "resnet20", None, None, 71.43, 72.32, 71.19, 71.34, 72.19, 72.33),
+         ("resnet110", "resnet32", None, None, 74.17, 74.29, 73.52, 74.01, 74.11, 74.32),
+         ("resnet110", "resnet20", 70.67, 71.06, 71.48, 71.85, 70.99, 71.39, 71.89, 72.27),
+         ("resnet32x4", "ShuffleV2", None, None, 75.56, 77.37, 75.37, 76.18, 78.44, 78.76),
+         ("resnet32x4", "wrn_16_2", 74.90, 75.70, 75.26, 76.19, 74.57, 75.16, 76.52, 77.53),
+         ("resnet32x4", "wrn_40_2", 77.70, 78.46, 77.92, 78.95, 77.66, 77.99, 79.26, 79.66),
+         ("wrn_40_2", "resnet8x4", 73.97, 75.56, 77.11, 76.75, 74.61, 77.03, 77.33, 77.68),
+         ("wrn_40_2", "MobileNetV2", 68.36, 69.28, 69.23, 70.01, 68.34, 69.53, 70.78, 71.61),
+         ("vgg13", "MobileNetV2", None, None, 68.61, 69.98, 68.50, 68.98, 70.57, 70.94),
+         ("ResNet50", "MobileNetV2", None, None, 69.02, 70.45, 68.67, 69.36, 71.04, 71.19),
+     )),
 )
-METHODS = ("KD", "DKD", "KD++", "DKD++")
-for _teacher, _student, *_numbers in _TABLE:
-  for _method, _number in zip(METHODS, _numbers):
-    if _number is not None:
-      DISTILLED[(_method, _teacher, _student)] = _number
+SOURCES = {}  # (method, teacher, student) -> where the number was published
+for _sources, _rows in _TABLES:
+  for _teacher, _student, *_numbers in _rows:
+    for _method, _number in zip(_sources, _numbers):
+      if _number is not None:
+        DISTILLED[(_method, _teacher, _student)] = _number
+        SOURCES[(_method, _teacher, _student)] = _sources[_method]
 
-# Rows of the table in METHODS.md order, for sorting result tables the same way.
-PAIR_ORDER = tuple((teacher, student) for teacher, student, *_ in _TABLE)
+# Rows in table order (the benchmark's pairs, then the LS-only ones), for sorting.
+PAIR_ORDER = tuple(dict.fromkeys((t, s) for _, rows in _TABLES for t, s, *_ in rows))
 
 
 def dataset_of(model):
@@ -65,11 +93,11 @@ def published_method(method_config):
   """The published method a run's `config.method` reproduces ('KD', 'DKD++'...), or None.
 
   KD/DKD with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
-  the '++' variants; logit standardization or any other method has no published number.
+  the '++' variants, with logit standardization to '+LS'; any other method has none.
   """
   name = str(method_config.get("name", "")).lower()
   if method_config.get("standardize"):
-    return None
+    return {"kd": "KD+LS", "dkd": "DKD+LS"}.get(name)
   with_nd = "++" in name or name.endswith("_nd") or name.endswith("pp")
   with_nd = with_nd or any(key.startswith("nd") and value not in (0, 0.0, False, None)
                            for key, value in method_config.items() if key != "name")
@@ -82,7 +110,7 @@ def published_method(method_config):
 
 
 def lookup(method, teacher, student):
-  """Published top-1 of `method` ('KD', 'DKD', 'KD++', 'DKD++') on teacher→student, or None."""
+  """Published top-1 of `method` ('KD', 'DKD+LS', 'KD++'...) on teacher→student, or None."""
   return DISTILLED.get((method, teacher, student))
 
 

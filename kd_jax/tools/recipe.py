@@ -1,0 +1,93 @@
+"""The recipe card of a config: everything a run will do, resolved, in one screen.
+
+  python -m kd_jax.tools.recipe --config=configs/cifar_nd.py:kd_nd,res56_res20 \\
+      [--config.optim.lr=0.05 ...]
+
+Prints models, data, augmentation, epochs, batch, optimizer and schedule, the loss with
+every weight, temperature and warm-up, whose recipe it follows, and the published number
+it compares with. Nothing is loaded or compiled; overrides work as with main.py.
+"""
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from kd_jax import methods, models
+from kd_jax.errors import UserError
+from kd_jax.tools import published
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+
+# Training-split sizes of the real datasets (synthetic sources use the config's size).
+TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167}
+
+
+def steps_per_epoch(config):
+  """Full batches per epoch: the last partial batch is dropped, as the trainer does."""
+  size = (config.data.synthetic_train_size if config.data.source == "synthetic"
+          else TRAIN_SIZES[config.data.dataset])
+  return size // config.batch_size
+
+
+def card(config):
+  """The recipe as (label, text) pairs, in reading order."""
+  method = methods.create(config.method)
+  student, teacher = config.student, config.teacher
+  student_line = f"{student.model} ({models.pooled_dim(student.model)}-d features)"
+  if student.classifier_init != "zoo":
+    student_line += f", classifier init {student.classifier_init}"
+  student_line += (f", BatchNorm statistics per {student.bn_group_size} samples"
+                   if student.bn_group_size else ", BatchNorm over the whole batch")
+  lines = [("follows", config.source), ("student", student_line)]
+  if method.needs_teacher:
+    where = teacher.checkpoint or (f"trained first for {teacher.train_epochs} epochs"
+                                   if teacher.train_epochs else "no checkpoint set")
+    lines.append(("teacher", f"{teacher.model} ({where}; {teacher.dtype}, frozen, eval mode)"))
+    widths = models.pooled_dim(student.model), models.pooled_dim(teacher.model)
+    if method.needs_class_means and widths[0] != widths[1]:
+      lines.append(("head", f"BatchNorm1d -> Dropout(0.5) -> Linear({widths[0]} -> {widths[1]}), "
+                            f"init {method.head_init}; feeds ND only, not saved with the student"))
+  data = config.data
+  lines.append(("data", f"{data.dataset} (source {data.source})"))
+  if data.dataset == "imagenet2012":
+    lines.append(("augmentation", f"random resized crop {data.image_size} + horizontal flip "
+                                  "(host pipeline)"))
+  else:
+    lines.append(("augmentation", method.describe_views()))
+  optim = config.optim
+  lines += [
+      ("schedule", f"{config.num_epochs} epochs x {steps_per_epoch(config)} steps of batch "
+                   f"{config.batch_size} (last partial batch dropped); eval batch "
+                   f"{config.eval_batch_size}"),
+      ("optimizer", f"SGD momentum {optim.momentum:g}{', Nesterov' if optim.nesterov else ''}, "
+                    f"weight decay {optim.weight_decay:g} on all parameters"),
+      ("lr", f"{optim.lr:g}, x{optim.decay_factor:g} at epochs "
+             f"{', '.join(str(e) for e in optim.decay_epochs) or 'none'}"),
+      ("loss", method.formula() + (" (e: epoch counted from 0)" if "e/" in method.formula()
+                                   or "(e+1)" in method.formula() else "")),
+  ]
+  name = published.published_method(config.method)
+  number = published.for_config(config.to_dict())
+  if number is not None:
+    key = (name, teacher.model, student.model)
+    lines.append(("published", f"{name or 'trained alone'} {number:.2f} "
+                               f"({published.SOURCES.get(key, 'mdistiller/CRD README')})"))
+  return lines
+
+
+def main(argv):
+  del argv
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required")
+  try:
+    lines = card(_CONFIG.value)
+  except UserError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  width = max(len(label) for label, _ in lines)
+  for label, text in lines:
+    print(f"{label:<{width}}  {text}")
+
+
+if __name__ == "__main__":
+  app.run(main)
