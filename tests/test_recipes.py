@@ -1,0 +1,178 @@
+"""Recipe cards of every config x pair pinned against tables written by hand from METHODS.md
+and the authors' code (sections 2-6b), never from configs/: a recipe cannot drift silently.
+"""
+import subprocess
+import sys
+
+import pytest
+
+from configs import (cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_dist, cifar_dkd, cifar_kd, cifar_ls,
+                     cifar_nd, imagenet_dkd, imagenet_kd, imagenet_nd)
+from kd_jax.tools import recipe
+
+# METHODS.md 6b: the benchmark's 11 pairs and the LS/MLKD tables' 5 more.
+PAIRS = {
+    "res56_res20": ("resnet56", "resnet20"), "res110_res32": ("resnet110", "resnet32"),
+    "res32x4_res8x4": ("resnet32x4", "resnet8x4"), "wrn40_2_wrn16_2": ("wrn_40_2", "wrn_16_2"),
+    "wrn40_2_wrn40_1": ("wrn_40_2", "wrn_40_1"), "vgg13_vgg8": ("vgg13", "vgg8"),
+    "res32x4_shuv1": ("resnet32x4", "ShuffleV1"), "wrn40_2_shuv1": ("wrn_40_2", "ShuffleV1"),
+    "vgg13_mv2": ("vgg13", "MobileNetV2"), "res50_mbv2": ("ResNet50", "MobileNetV2"),
+    "res32x4_shuv2": ("resnet32x4", "ShuffleV2"), "res110_res20": ("resnet110", "resnet20"),
+    "res32x4_wrn16_2": ("resnet32x4", "wrn_16_2"), "res32x4_wrn40_2": ("resnet32x4", "wrn_40_2"),
+    "wrn40_2_res8x4": ("wrn_40_2", "resnet8x4"), "wrn40_2_mv2": ("wrn_40_2", "MobileNetV2"),
+}
+SMALL_LR = ("ShuffleV1", "ShuffleV2", "MobileNetV2")  # METHODS.md 6: lr 0.01
+DKD_BETA = {"res56_res20": 2, "res110_res32": 2, "vgg13_vgg8": 6, "wrn40_2_wrn16_2": 6,
+            "wrn40_2_wrn40_1": 6, "vgg13_mv2": 6}  # METHODS.md 3; 8 otherwise
+# METHODS.md 5: KD++ (kd_w, nd_w) and DKD++ (alpha, beta, nd_w) per pair.
+KD_ND = {"res56_res20": (1.0, 2.0), "res32x4_res8x4": (3.5, 2.0), "wrn40_2_wrn40_1": (1.0, 1.5),
+         "res50_mbv2": (3.0, 0.5), "res32x4_shuv1": (2.5, 1.5), "res32x4_shuv2": (4.0, 0.5)}
+DKD_ND = {"res56_res20": (2.5, 4.0, 3.5), "res32x4_res8x4": (2.0, 8.0, 0.5),
+          "wrn40_2_wrn40_1": (1.0, 6.0, 1.0), "res50_mbv2": (0.5, 8.0, 1.0),
+          "res32x4_shuv1": (0.5, 8.0, 4.0), "res32x4_shuv2": (0.5, 6.0, 0.5)}
+# METHODS.md 3b, from the LS repository's log names: KD+LS (T, W); DKD+LS (T, W, beta).
+KD_LS = {"res56_res20": (2, 9), "res110_res32": (2, 9), "res32x4_res8x4": (2, 9),
+         "wrn40_2_wrn16_2": (2, 9), "wrn40_2_wrn40_1": (2, 9), "vgg13_vgg8": (3, 9),
+         "vgg13_mv2": (3, 9), "res50_mbv2": (3, 1), "res32x4_shuv2": (2, 9),
+         "res110_res20": (4, 12), "res32x4_wrn16_2": (3, 9), "res32x4_wrn40_2": (3, 9),
+         "wrn40_2_res8x4": (2, 9), "wrn40_2_mv2": (3, 9)}
+DKD_LS = {"res56_res20": (3, 18, 2), "res110_res32": (2, 15, 2), "res32x4_res8x4": (2, 9, 8),
+          "wrn40_2_wrn16_2": (2, 12, 2), "wrn40_2_wrn40_1": (2, 12, 2), "vgg13_vgg8": (2, 15, 2),
+          "vgg13_mv2": (3, 9, 2), "res50_mbv2": (2, 15, 2), "res32x4_shuv2": (2, 9, 8),
+          "res110_res20": (2, 15, 2), "res32x4_wrn16_2": (2, 9, 2), "res32x4_wrn40_2": (2, 9, 8),
+          "wrn40_2_res8x4": (2, 18, 2), "wrn40_2_mv2": (2, 15, 2)}
+SGD = "SGD momentum 0.9, weight decay 0.0005 on all parameters"
+NESTEROV = "SGD momentum 0.9, Nesterov, weight decay 0.0005 on all parameters"
+CSWT = "T_i = CSWT in [2, 6]"
+
+
+def _lr(student, lr=0.05):
+  return 0.01 if student in SMALL_LR else lr
+
+
+def _card(module, arg):
+  return dict(recipe.card(module.get_config(arg)))
+
+
+def _check(card, *, lr, epochs, batch, loss, optimizer=SGD):
+  steps = 50_000 // batch
+  assert card["lr"] == f"{lr:g}, x0.1 at epochs 150, 180, 210"
+  assert card["schedule"].startswith(f"{epochs} epochs x {steps} steps of batch {batch} ")
+  assert card["optimizer"] == optimizer
+  assert card["loss"].split(" (e: ")[0] == loss
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_logit_method_cards(pair):
+  teacher, student = PAIRS[pair]
+  for module, loss in (
+      (cifar_kd, "0.1 CE + 0.9 KD(T=4)"),
+      (cifar_dkd, f"1 CE + min(1, (e+1)/20) DKD(alpha=1, beta={DKD_BETA.get(pair, 8)}, T=4)"),
+      (cifar_dist, "1 CE + DIST(beta=2, gamma=2, T=4)"),
+      (cifar_cskd, f"1 CE + 2 [CSKD(T=4) + CSKD(T_i)], {CSWT}")):
+    card = _card(module, pair)
+    _check(card, lr=_lr(student), epochs=240, batch=64, loss=loss)
+    assert card["student"].startswith(f"{student} (") and "whole batch" in card["student"]
+    assert card["teacher"].startswith(
+        f"{teacher} (download_ckpts/cifar_teachers/{teacher}_vanilla/ckpt_epoch_240.pth;")
+    assert card["augmentation"] == "random crop 32 (pad 4) + horizontal flip"
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_multi_view_cskd_cards(pair):
+  student = PAIRS[pair][1]
+  card = _card(cifar_cskd_mv, pair)
+  both = "(T=4) + {0}(T_i)]"
+  loss = ("1 [CE(weak) + CE(strong)] + m 2 [CSKD_weak" + both.format("CSKD_weak")
+          + " + 2 [CSKD_strong" + both.format("CSKD_strong") + " + c 1 [CC_weak"
+          + both.format("CC_weak") + " + m 1 [BC_weak" + both.format("BC_weak"))
+  _check(card, lr=_lr(student, 0.025), epochs=480, batch=64, loss=card["loss"])
+  assert card["loss"].startswith(loss + f", {CSWT} from the weak view")
+  assert card["augmentation"].endswith("RandAugment(2 ops) + cutout (public_code)")
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_logit_standardization_cards(pair):
+  student = PAIRS[pair][1]
+  temperature, weight = KD_LS.get(pair, (2, 9))
+  card = _card(cifar_ls, f"kd,{pair}")
+  ls = ", both sides' logits z-scored per sample (LS)"
+  _check(card, lr=_lr(student), epochs=240, batch=64,
+         loss=f"0.1 CE + {weight} KD(T={temperature}){ls}")
+  temperature, weight, beta = DKD_LS.get(pair, (2, 9, DKD_BETA.get(pair, 8)))
+  card = _card(cifar_ls, f"dkd,{pair}")
+  _check(card, lr=_lr(student), epochs=240, batch=64,
+         loss=f"1 CE + min(1, (e+1)/20) DKD(alpha={weight}, beta={weight * beta}, "
+              f"T={temperature}){ls}")
+  assert ("logs/DKD/dkd," in card["follows"]) == (pair in DKD_LS)
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_nd_cards(pair):
+  teacher, student = PAIRS[pair]
+  kd_w, nd_w = KD_ND.get(pair, (1.0, 2.0))
+  alpha, beta, dkd_nd_w = DKD_ND.get(pair, (1.0, 8.0, 1.0))
+  init = ("normal_0.01" if student.startswith("resnet") else "zero_bias"
+          if student in ("wrn_40_1", "MobileNetV2", "ShuffleV1", "ShuffleV2") else None)
+  for base, loss, lr in (
+      ("kd_nd", f"1 CE + min(1, e/20) {kd_w:g} KD(T=4) + {nd_w:g} ND", 0.1),
+      ("dkd_nd", f"1 CE + min(1, e/20) DKD(alpha={alpha:g}, beta={beta:g}, T=4) + {dkd_nd_w:g} ND",
+       0.02 if pair == "res32x4_shuv1" else 0.1),
+      ("cskd_nd", f"1 CE + 2 [CSKD(T=4) + CSKD(T_i)] + 1 ND, {CSWT}", 0.1)):
+    card = _card(cifar_nd, f"{base},{pair}")
+    _check(card, lr=lr, epochs=240, batch=128, loss=loss, optimizer=NESTEROV)
+    assert card["student"].endswith("BatchNorm statistics per 64 samples")
+    assert (f"classifier init {init}," in card["student"]) if init else (
+        "classifier init" not in card["student"])
+    dims = {"resnet56": 64, "resnet110": 64, "resnet32x4": 256, "wrn_40_2": 128, "vgg13": 512,
+            "ResNet50": 2048}[teacher]
+    if "head" in card:
+      assert f"-> {dims}), init zero_bias" in card["head"]
+
+
+@pytest.mark.parametrize("model,lr", [("resnet56", 0.05), ("ShuffleV2", 0.01)])
+def test_teacher_training_cards(model, lr):
+  _check(_card(cifar_ce, model), lr=lr, epochs=240, batch=64, loss="CE")
+
+
+@pytest.mark.parametrize("pair,kd_nd,dkd_nd,dkd_beta", [
+    ("res34_res18", (2.5, 1.0), (0.8, 0.5, 1.0), 0.5),
+    ("res50_mbv1", (4.0, 1.0), (0.8, 1.0, 1.0), 2.0)])
+def test_imagenet_cards(pair, kd_nd, dkd_nd, dkd_beta):
+  """METHODS.md 2, 3, 5, 6: batch 512, lr 0.2 x0.1 at 30/60/90, wd 1e-4, T = 1."""
+  expected = {
+      (imagenet_kd, pair): "0.5 CE + 0.5 KD(T=1)",
+      (imagenet_dkd, pair): f"1 CE + min(1, (e+1)/1) DKD(alpha=1, beta={dkd_beta:g}, T=1)",
+      (imagenet_nd, f"kd_nd,{pair}"): f"1 CE + min(1, e/5) {kd_nd[0]:g} KD(T=1) + 1 ND",
+      (imagenet_nd, f"dkd_nd,{pair}"): (f"1 CE + min(1, e/5) DKD(alpha=0.8, beta={dkd_nd[1]:g}, "
+                                        "T=1) + min(1, e/5) 1 ND"),
+  }
+  for (module, arg), loss in expected.items():
+    card = _card(module, arg)
+    nesterov = module is imagenet_nd
+    assert card["lr"] == "0.2, x0.1 at epochs 30, 60, 90"
+    assert card["schedule"].startswith(f"100 epochs x {1_281_167 // 512} steps of batch 512 ")
+    assert card["optimizer"] == (f"SGD momentum 0.9{', Nesterov' if nesterov else ''}, "
+                                 "weight decay 0.0001 on all parameters")
+    assert card["loss"].split(" (e: ")[0] == loss
+    if "head" in card:
+      assert card["head"].startswith("BatchNorm1d -> Dropout(0.5) -> Linear(1024 -> 2048), "
+                                     "init normal_0.01")
+
+
+def test_published_number_and_source_on_the_card():
+  assert _card(cifar_nd, "dkd_nd,res32x4_shuv2")["published"] == "DKD++ 77.49 (ND authors' README)"
+  assert _card(cifar_ls, "dkd,wrn40_2_res8x4")["published"] == (
+      "DKD+LS 76.75 (logit standardization README)")
+  assert _card(cifar_dkd, "vgg13_mv2")["published"] == "DKD 69.71 (mdistiller README)"
+  assert "published" not in _card(cifar_cskd, "res56_res20")
+
+
+def test_recipe_command_prints_the_card_and_refuses_bad_input_in_one_line():
+  run = lambda *args: subprocess.run([sys.executable, "-m", "kd_jax.tools.recipe", *args],
+                                     capture_output=True, text=True, timeout=120)
+  ok = run("--config=configs/cifar_nd.py:kd_nd,res56_res20", "--config.optim.lr=0.2")
+  assert ok.returncode == 0, ok.stderr
+  assert "lr            0.2, x0.1 at epochs 150, 180, 210" in ok.stdout
+  bad = run("--config=configs/cifar_kd.py", "--config.method.name=nope")
+  assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown method")
