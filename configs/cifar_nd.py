@@ -71,4 +71,6 @@ def get_config(arg="kd_nd,res32x4_res8x4"):
     config.optim.lr = LR.get((base, pair), 0.1)
     config.source = ("ND authors' CIFAR/train_cifar.sh and train_cifar_kd.py "
                      "(WangYZ1608/Knowledge-Distillation-via-ND; METHODS.md 5)")
+    if pair not in WEIGHTS[base]:
+      config.source += "; no published weights for this pair: the method's defaults"
   return config
