@@ -1,0 +1,260 @@
+"""Downloads the published teachers, checks each one, and puts them where the configs look.
+
+  python -m kd_jax.tools.fetch_teachers cifar100   # mdistiller's cifar_teachers.tar
+  python -m kd_jax.tools.fetch_teachers imagenet   # torchvision ResNet-34 / ResNet-50
+      [--root=download_ckpts] [--url=URL] [--from_file=PATH]
+
+cifar100 unpacks to ROOT/cifar_teachers/<model>_vanilla/ckpt_epoch_240.pth
+(configs/cifar_common.py TEACHER_PATH); imagenet puts ROOT/imagenet_teachers/<file>.pth.
+Every teacher must load with kd_jax's reader and hold the parameter count of METHODS.md
+section 7; torchvision files must also match the sha256 prefix in their names. Work
+happens beside the destination and is renamed into place only when all of it checks
+out, so a failure leaves nothing where the configs look: at most ROOT/<file>.part, which
+the next run resumes with an HTTP Range request. Any failure prints one line, exit 2.
+"""
+import argparse
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from kd_jax.errors import UserError
+
+CIFAR_URL = ("https://github.com/megvii-research/mdistiller/releases/download/v0.1/"
+             "cifar_teachers.tar")  # the link in mdistiller's README
+IMAGENET_URL = "https://download.pytorch.org/models/"
+# Where a CIFAR teacher sits below ROOT; the configs' TEACHER_PATH with ROOT=download_ckpts.
+CIFAR_MEMBER = "cifar_teachers/{model}_vanilla/ckpt_epoch_240.pth"
+# CIFAR-100 teacher -> parameter count (METHODS.md section 7).
+CIFAR_TEACHERS = {"resnet56": 861_620, "resnet110": 1_736_564, "resnet32x4": 7_433_860,
+                  "wrn_40_2": 2_255_156, "vgg13": 9_462_180, "ResNet50": 23_705_252}
+# torchvision file (its name carries the first 8 hex digits of its sha256) -> (model, count).
+IMAGENET_TEACHERS = {"resnet34-b627a593.pth": ("imagenet_resnet34", 21_797_672),
+                     "resnet50-0676ba61.pth": ("imagenet_resnet50", 25_557_032)}
+TIMEOUT_S = 60  # per socket operation, not for the whole download
+
+
+class _Progress:
+  """Bytes, % and MB/s: one updating line on a terminal, a line every 10 s otherwise."""
+
+  def __init__(self, name, done, total):
+    self.name, self.done, self.total, self.first = name, done, total, done
+    self.start = self.last = time.monotonic()
+    self.tty = sys.stdout.isatty()
+
+  def update(self, count, final=False):
+    self.done += count
+    now = time.monotonic()
+    if not final and now - self.last < (0.5 if self.tty else 10):
+      return
+    self.last = now
+    size = f"{self.done / 1e6:.1f} MB"
+    if self.total:
+      size += f" of {self.total / 1e6:.1f} MB ({100 * self.done / self.total:.0f}%)"
+    rate = (self.done - self.first) / max(now - self.start, 1e-6) / 1e6
+    line = f"{self.name}: {size} at {rate:.1f} MB/s"
+    print("\r" + line if self.tty else line, end="" if self.tty and not final else "\n",
+          flush=True)
+
+
+def _expected_size(url, response, done):
+  """The file's full size, or None; a 206 must continue exactly where the .part ends."""
+  if response.status == 206:
+    found = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))
+    if not found or int(found[1]) != done:
+      raise UserError(f"{url} resumed at the wrong place "
+                      f"(Content-Range {response.headers.get('Content-Range')!r})")
+    return int(found[2])
+  length = response.headers.get("Content-Length")
+  return int(length) if length and length.isdigit() else None
+
+
+def download(url, dest):
+  """Fetches `url` to `dest` through `dest.part`, resuming a partial one where possible."""
+  part = dest + ".part"
+  done = os.path.getsize(part) if os.path.isfile(part) else 0
+  request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+  try:
+    response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+  except urllib.error.HTTPError as error:
+    error.close()
+    if error.code == 416 and done:  # The .part is whole or stale: start over.
+      os.remove(part)
+      return download(url, dest)
+    raise UserError(f"{url} answered HTTP {error.code} {error.reason}") from None
+  except (OSError, http.client.HTTPException, ValueError) as error:
+    raise UserError(f"cannot download {url}: {getattr(error, 'reason', error)}") from None
+  with response:
+    if done and response.status != 206:
+      done = 0  # The server ignores Range: start again from the first byte.
+    try:
+      total = _expected_size(url, response, done)
+    except UserError:
+      os.remove(part)
+      raise
+    print(f"downloading {url}" + (f" (resuming at byte {done:,})" if done else ""), flush=True)
+    progress, broken = _Progress(os.path.basename(dest), done, total), None
+    with open(part, "ab" if done else "wb") as out:
+      try:
+        while chunk := response.read(1 << 20):
+          out.write(chunk)
+          progress.update(len(chunk))
+      except (OSError, http.client.HTTPException) as error:
+        broken = error
+    progress.update(0, final=True)
+  size = os.path.getsize(part)
+  if broken or (total is not None and size != total):
+    of = f" of {total:,}" if total else ""
+    raise UserError(f"the download of {url} stopped at byte {size:,}{of} "
+                    f"({broken or 'connection closed'}); run the same command again to resume")
+  os.replace(part, dest)
+  return dest
+
+
+def check_teacher(path, model_name, num_classes, expected_params, shown=None):
+  """Loads `path` with kd_jax's reader and compares its parameter count with the table."""
+  import jax  # Imported here so download errors and --help answer without loading JAX.
+  from flax import nnx
+  from kd_jax import torch_checkpoint
+  try:
+    model = torch_checkpoint.load_torch_teacher(path, model_name, num_classes)
+  except UserError as error:  # Name the file as the user will see it, not the staging copy.
+    raise UserError(str(error).replace(path, shown or path)) from None
+  count = sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  if count != expected_params:
+    raise UserError(f"{shown or path} holds {count:,} parameters as {model_name}, "
+                    f"expected {expected_params:,}")
+
+
+def _check_cifar(base):
+  for model, count in CIFAR_TEACHERS.items():
+    member = CIFAR_MEMBER.format(model=model)
+    if not os.path.isfile(os.path.join(base, member)):
+      raise UserError(f"{member} is missing")
+    check_teacher(os.path.join(base, member), model, 100, count, shown=member)
+
+
+def _extract(tar_path, dest):
+  """Extracts regular files and folders only: absolute paths, `..` and links are refused."""
+  name = os.path.basename(tar_path)
+  try:
+    archive = tarfile.open(tar_path)
+  except tarfile.TarError:
+    raise UserError(f"{name} is not a tar archive (a corrupt or different file)") from None
+  try:
+    with archive:
+      for member in archive:
+        parts = member.name.split("/")
+        if os.path.isabs(member.name) or ".." in parts or not (member.isfile() or member.isdir()):
+          raise UserError(f"refusing {name}: its member {member.name!r} is not a plain file "
+                          "or folder inside the archive")
+        target = os.path.join(dest, *parts)
+        os.makedirs(target if member.isdir() else os.path.dirname(target), exist_ok=True)
+        if member.isfile():
+          with archive.extractfile(member) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out)
+  except (tarfile.TarError, EOFError) as error:
+    raise UserError(f"{name} is not a complete tar archive ({error})") from None
+
+
+def fetch_cifar(url, root, from_file=None):
+  """Installs mdistiller's CIFAR-100 teachers as ROOT/cifar_teachers, all or nothing."""
+  final = os.path.join(root, "cifar_teachers")
+  if os.path.exists(final):
+    try:
+      _check_cifar(root)
+    except UserError as error:
+      raise UserError(f"{final} exists but {error}: remove {final} and run again") from None
+    return f"{final} already holds the {len(CIFAR_TEACHERS)} teachers; all check out"
+  os.makedirs(root, exist_ok=True)
+  tar_path = from_file or download(url, os.path.join(root, "cifar_teachers.tar"))
+  staging = tempfile.mkdtemp(prefix=".cifar_teachers-", dir=root)
+  try:
+    _extract(tar_path, staging)
+    _check_cifar(staging)
+    os.rename(os.path.join(staging, "cifar_teachers"), final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    if not from_file:
+      os.remove(tar_path)  # A complete download: kept only as the extracted teachers.
+  return f"installed {len(CIFAR_TEACHERS)} CIFAR-100 teachers in {final}, each checked"
+
+
+def _check_imagenet(path, name, model, count, shown):
+  with open(path, "rb") as file:
+    digest = hashlib.file_digest(file, "sha256").hexdigest()
+  prefix = re.search(r"-([0-9a-f]+)\.", name)[1]
+  if not digest.startswith(prefix):
+    raise UserError(f"{shown} has sha256 {digest[:8]}..., its name says {prefix}: "
+                    "a corrupt or different file")
+  check_teacher(path, model, 1000, count, shown=shown)
+
+
+def fetch_imagenet(base_url, root, from_dir=None):
+  """Installs the torchvision teachers in ROOT/imagenet_teachers, each checked first."""
+  folder = os.path.join(root, "imagenet_teachers")
+  for name, (model, count) in IMAGENET_TEACHERS.items():
+    final = os.path.join(folder, name)
+    if os.path.exists(final):
+      try:
+        _check_imagenet(final, name, model, count, final)
+      except UserError as error:
+        raise UserError(f"{error}: remove {final} and run again") from None
+      continue
+    staging = os.path.join(root, name)
+    os.makedirs(root, exist_ok=True)
+    try:
+      if from_dir:
+        shutil.copyfile(os.path.join(from_dir, name), staging)
+      else:
+        download(base_url.rstrip("/") + "/" + name, staging)
+      _check_imagenet(staging, name, model, count, name)
+      os.makedirs(folder, exist_ok=True)
+      os.replace(staging, final)
+    finally:
+      if os.path.exists(staging):
+        os.remove(staging)
+  return f"{folder} holds the {len(IMAGENET_TEACHERS)} ImageNet teachers, each checked"
+
+
+def main(argv=None):
+  """Command-line entry point; returns the exit status."""
+  parser = argparse.ArgumentParser(prog="python -m kd_jax.tools.fetch_teachers",
+                                   description="Fetch and check the published teachers.")
+  parser.add_argument("dataset", choices=("cifar100", "imagenet"))
+  parser.add_argument("--root", default="download_ckpts", help="where the configs look")
+  parser.add_argument("--url", help="the tar (cifar100) or the folder of the .pth files "
+                      "(imagenet) to download instead of the published one")
+  parser.add_argument("--from_file", help="no download: install from this cifar_teachers.tar "
+                      "(cifar100) or folder holding the .pth files (imagenet)")
+  args = parser.parse_args(argv)
+  cifar = args.dataset == "cifar100"
+  url = args.url or (CIFAR_URL if cifar else IMAGENET_URL)
+  try:
+    if cifar:
+      message = fetch_cifar(url, args.root, args.from_file)
+    else:
+      message = fetch_imagenet(url, args.root, args.from_file)
+  except (UserError, OSError, http.client.HTTPException, ValueError) as error:
+    if cifar:
+      manual = (f"download {url} by hand and run `tar xf cifar_teachers.tar -C {args.root}` "
+                "(or pass --from_file=cifar_teachers.tar)")
+    else:
+      files = " and ".join(url.rstrip("/") + "/" + name for name in IMAGENET_TEACHERS)
+      manual = (f"download {files} by hand into {args.root}/imagenet_teachers/ "
+                "(or pass --from_file=FOLDER)")
+    print(f"error: {error}; to install by hand, {manual}".replace("\n", " "), file=sys.stderr)
+    return 2
+  print(message)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
