@@ -1,9 +1,13 @@
-"""kd_jax entry point: python main.py --config=configs/cifar_cskd.py --workdir=DIR.
+"""kd_jax entry point: python main.py --config=configs/cifar_cskd.py [--workdir=DIR].
 
-All logic lives in kd_jax.train. Exit status: 0 done (or already complete); 2 a user
+Without --workdir a run lives in runs/<config file>/<its argument>/seed<seed> (e.g.
+runs/cifar_cskd/res32x4_res8x4/seed0); the same command resumes it. All logic lives in
+kd_jax.train. Exit status: 0 done (or already complete); 2 a user
 error (bad config, missing data or checkpoint, divergence), printed as one line; 128+N
 stopped by signal N (SIGTERM: 143) after writing a checkpoint: rerun to resume.
 """
+import importlib.util
+import inspect
 import os
 import sys
 
@@ -18,10 +22,11 @@ from kd_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics "
+                               "(default: runs/<config file>/<argument>/seed<seed>).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                 "Delete a run of another config found in --workdir.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -37,18 +42,47 @@ def _is_multihost():
           or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
 
 
+def _fail(message):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _one_line(error):
+  """The message of `error` on one line; of a wrapped traceback, only its last line."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if any(line.startswith(("Traceback", "Attempted")) for line in lines):
+    return f"--config: {lines[-1]}"
+  return " ".join(lines)
+
+
 def _parse_flags(argv):
-  """absl's parser; a bad flag or --config override (unknown field, wrong type) is a
+  """absl's parser; a bad flag, a config file that is missing or does not load (unknown
+  pair, syntax error) and a bad --config override (unknown field, wrong type) are each a
   one-line error."""
   try:
-    return flags.FLAGS(argv)
+    argv = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # the file loads lazily: a missing one fails here
+    return argv
   except flags.Error as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    _fail(_one_line(error))
   except (AttributeError, KeyError) as error:
     message = str(error).replace("\\n", " ").replace("\\'", "").strip("'\" ")
-    print(f"error: unknown config field in a --config override: {message}", file=sys.stderr)
-    sys.exit(2)
+    _fail(f"unknown config field in a --config override: {message}")
+  except Exception as error:  # pylint: disable=broad-except  # a config that failed to load
+    _fail(_one_line(error))
+
+
+def default_workdir(config_flag, seed):
+  """runs/<config file stem>/<argument, ',' -> '/'>/seed<seed>; the argument defaults to
+  get_config's own default."""
+  path, _, arg = config_flags.get_config_filename(config_flag).partition(":")
+  if not arg:
+    spec = importlib.util.spec_from_file_location("_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    arg = next(iter(inspect.signature(module.get_config).parameters.values())).default
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", stem, *str(arg).split(","), f"seed{seed}")
 
 
 def main(argv):
@@ -58,11 +92,12 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"], _CONFIG.value.seed)
+  logging.info("workdir: %s", workdir)
   try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    result = train.train_and_evaluate(_CONFIG.value, workdir, overwrite=_OVERWRITE.value)
   except UserError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    _fail(error)
   if "signal" in result:  # preempted: checkpointed; the conventional 128 + signal number
     sys.exit(128 + result["signal"])
 

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from kd_jax import checkpoint, data, guards, methods, models
+from kd_jax import checkpoint, data, guards, models, validate
 from kd_jax import class_means as class_means_lib
 from kd_jax.data import augment, batching
 from kd_jax.errors import UserError
@@ -340,40 +340,35 @@ def create_student(config, num_classes):
                        classifier_init=config.student.classifier_init)
 
 
-def _check_config(config):
-  """Catches user mistakes before any data is loaded or anything compiled."""
-  devices = jax.device_count()
-  for field in ("batch_size", "eval_batch_size"):
-    if config[field] <= 0 or config[field] % devices:
-      raise UserError(f"config.{field}={config[field]} must be a positive multiple of the "
-                      f"device count ({devices})")
-  if config.teacher.dtype not in DTYPES:
-    raise UserError(f"config.teacher.dtype={config.teacher.dtype!r}; valid: {', '.join(DTYPES)}")
-  models.pooled_dim(config.student.model)  # raises UserError naming the valid models
-  method = methods.create(config.method)
-  if method.needs_teacher:
-    models.pooled_dim(config.teacher.model)
-    if not config.teacher.checkpoint and config.teacher.train_epochs <= 0:
-      raise UserError(f"method {config.method.name!r} needs a teacher: set "
-                      "config.teacher.checkpoint (a .pth file, a teacher directory or a "
-                      "kd_jax run) or config.teacher.train_epochs > 0")
-  return method
-
-
 def _versions():
   import importlib.metadata as metadata  # pylint: disable=g-import-not-at-top
   return {name: metadata.version(name) for name in
           ("kd_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")}
 
 
+def _flat(tree, prefix=""):
+  """{'optim.lr': 0.05, ...} of a nested config dict."""
+  if isinstance(tree, dict):
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: tree}
+
+
 def _check_config_matches(config, workdir):
-  """A workdir holds one experiment: refuse to mix in another config."""
+  """A workdir holds one experiment, finished or not: refuse another config, naming the
+  fields that differ."""
   config_path = os.path.join(workdir, "config.json")
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      if f.read() != config.to_json_best_effort(sort_keys=True, indent=2):
-        raise UserError(f"{workdir} holds a run with a different config ({config_path}); "
-                        "use a new --workdir, or --overwrite to delete that run")
+  if not os.path.exists(config_path):
+    return
+  with open(config_path) as f:
+    stored = _flat(json.load(f))
+  current = _flat(json.loads(config.to_json_best_effort()))
+  differ = sorted(key for key in stored.keys() | current.keys()
+                  if stored.get(key) != current.get(key))
+  if differ:
+    shown = ", ".join(f"{key} {stored.get(key)!r} -> {current.get(key)!r}"
+                      for key in differ[:4]) + (" ..." if len(differ) > 4 else "")
+    raise UserError(f"{workdir} holds a run of another config ({shown}); use a new "
+                    "--workdir, or --overwrite to delete that run")
 
 
 def _record_run(config, workdir, num_classes):
@@ -422,13 +417,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   run of another config instead of refusing it. A run stopped by SIGTERM/SIGINT returns
   progress with 'stopped_at' and 'signal'.
   """
-  method = _check_config(config)
+  method = validate.check(config)
   if "://" in workdir:
     raise UserError(f"--workdir={workdir}: remote URLs are not supported; mount the bucket "
                     "(e.g. gcsfuse) and pass the mount path")
   workdir = os.path.abspath(workdir)
   if overwrite and os.path.isdir(workdir):
     shutil.rmtree(workdir)
+  _check_config_matches(config, workdir)
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:
@@ -444,8 +440,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   if method.needs_teacher and teacher_path:
     teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, dataset.num_classes,
                                       dtype=teacher_dtype)
-  _check_config_matches(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise UserError(f"cannot create --workdir={workdir}: {error.strerror}") from None
   with guards.workdir_lock(workdir):
     return _run_locked(config, workdir, dataset, method, teacher, teacher_path, max_steps)
 

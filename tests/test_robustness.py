@@ -96,13 +96,23 @@ def test_second_run_on_the_same_workdir_is_refused(tmp_path, config, dataset):
       train.train_and_evaluate(config, workdir, dataset)
 
 
+def test_finished_run_refuses_another_config_naming_the_fields(config, dataset, straight_run):
+  changed = config.copy_and_resolve_references()
+  changed.optim.lr, changed.num_epochs = 0.2, 3
+  before = sorted(os.listdir(straight_run))
+  with pytest.raises(UserError, match=r"another config \(num_epochs 2 -> 3, optim.lr 0.05 -> 0.2\)"):
+    train.train_and_evaluate(changed, straight_run, dataset)
+  assert sorted(os.listdir(straight_run)) == before
+  assert train.train_and_evaluate(config, straight_run, dataset)["epochs"] == 2  # same: reports
+
+
 def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path, config, dataset):
   workdir = str(tmp_path / "other")
   train.train_and_evaluate(config, workdir, dataset, max_steps=1)
   changed = config.copy_and_resolve_references()
   changed.optim.lr = 0.01
   before = sorted(os.listdir(workdir))
-  with pytest.raises(UserError, match="different config"):
+  with pytest.raises(UserError, match="another config"):
     train.train_and_evaluate(changed, workdir, dataset)
   assert sorted(os.listdir(workdir)) == before
   stopped = train.train_and_evaluate(changed, workdir, dataset, max_steps=1, overwrite=True)

@@ -130,10 +130,18 @@ def test_main_smoke_runs_offline_and_second_run_does_no_work(tmp_path):
     ("--config.optim.lr=abc", "could not convert string to float: 'abc'"),
     ("--config.teacher.checkpoint=/nonexistent/t.pth", "teacher checkpoint not found"),
     ("--config.batch_size=0", "config.batch_size=0"),
+    ("--config.num_epochs=0", "config.num_epochs=0 must be > 0"),
+    ("--config.method.temperature=0", "config.method.temperature=0.0 must be > 0"),
+    ("--config.optim.decay_epochs=(5,1)", "config.optim.decay_epochs=(5, 1) must be increasing"),
+    ("--config=configs/no_such_file.py", "No such file or directory: 'configs/no_such_file.py'"),
+    ("--config=configs/cifar_cskd.py:res32x4_res8x5", "unknown pair 'res32x4_res8x5'"),
+    ("--config=configs/cifar_cskd.py:smoke --config.method.t_low=7", "t_low=7.0 must be <"),
 ])
 def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
   workdir = tmp_path / "bad"
-  result = _main("--config=configs/cifar_kd.py:smoke", f"--workdir={workdir}", override)
+  config, *override = override.split() if override.startswith("--config=") else (
+      "--config=configs/cifar_kd.py:smoke", override)
+  result = _main(config, f"--workdir={workdir}", *override)
   assert result.returncode != 0
   assert "Traceback" not in result.stderr
   if message:
@@ -141,6 +149,30 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
     error_lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
   assert not os.path.exists(workdir) or not os.listdir(workdir)
+
+
+def test_promised_command_without_teachers_is_one_line_and_writes_nothing():
+  """The mission's exact command on a machine with no teachers: the default workdir is
+  named, and the one line says what is missing and which command fetches it."""
+  teacher = "download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth"
+  workdir = os.path.join(REPO, "runs/cifar_cskd/res32x4_res8x4/seed0")
+  if os.path.exists(os.path.join(REPO, teacher)) or os.path.exists(workdir):
+    pytest.skip("this checkout has the teachers or that run")
+  result = _main("--config=configs/cifar_cskd.py")
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert "workdir: runs/cifar_cskd/res32x4_res8x4/seed0" in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: teacher checkpoint not found: {teacher} (config.teacher.checkpoint); "
+      "`python -m kd_jax.tools.fetch_teachers cifar100` downloads it")
+  assert not os.path.exists(workdir)
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  result = _main("--config=configs/cifar_ce.py:smoke", f"--workdir={blocker}/run")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot create --workdir={blocker}/run")
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ teacher `class_means` (computed once when `needs_class_means`). `metrics` holds 
 loss term weighted as it enters the total, plus diagnostics that are not in the total.
 """
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +23,7 @@ import optax
 
 from kd_jax import losses
 from kd_jax.data import augment
+from kd_jax.errors import UserError
 
 
 class ModelOutput(NamedTuple):
@@ -34,6 +36,41 @@ class Aux(NamedTuple):
   """Per-method extras: a trainable head (nnx.Module) and teacher class means [C, d]."""
   head: Any = None
   class_means: Any = None
+
+
+def non_negative(default):
+  """A loss weight: a declared constraint of >= 0, checked when the method is built."""
+  return dataclasses.field(default=default, metadata={"min": 0})
+
+
+def positive(default):
+  """A temperature or epoch count: declared > 0."""
+  return dataclasses.field(default=default, metadata={"min": 0, "strict": True})
+
+
+def one_of(default, choices):
+  """A named option: declared to be one of `choices`."""
+  return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+def check_fields(method):
+  """The declared constraints of every field, as one-line UserErrors naming the field."""
+  for field in dataclasses.fields(method):
+    value, rules = getattr(method, field.name), field.metadata
+    where = f"config.method.{field.name}={value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f"{where} must be finite")
+    if "min" in rules and (value < rules["min"] or rules.get("strict") and value == rules["min"]):
+      raise UserError(f"{where} must be {'>' if rules.get('strict') else '>='} {rules['min']}")
+    if "choices" in rules and value not in rules["choices"]:
+      raise UserError(f"{where}; valid: {', '.join(rules['choices'])}")
+
+
+def check_cswt_range(method):
+  """CSWT maps agreement onto [t_low, t_high]: the range must not be empty or reversed."""
+  if not method.t_low < method.t_high:
+    raise UserError(f"config.method.t_low={method.t_low} must be < config.method.t_high="
+                    f"{method.t_high}")
 
 
 def cross_entropy(logits, labels):
@@ -65,6 +102,9 @@ class Method:
   needs_teacher = True
   needs_class_means = False
   num_views = 1
+
+  def __post_init__(self):
+    check_fields(self)
 
   def views(self, key, images):
     """The augmented uint8 views of a raw batch: by default one, crop + flip (CIFAR)."""

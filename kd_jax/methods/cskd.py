@@ -8,17 +8,21 @@ import dataclasses
 import jax.numpy as jnp
 
 from kd_jax import losses
-from kd_jax.methods.base import Method, cross_entropy
+from kd_jax.methods.base import Method, cross_entropy, check_cswt_range, positive, non_negative
 
 
 @dataclasses.dataclass(frozen=True)
 class CSKD(Method):
-  ce_weight: float = 1.0
-  weight: float = 2.0
-  temperature: float = 4.0
+  ce_weight: float = non_negative(1.0)
+  weight: float = non_negative(2.0)
+  temperature: float = positive(4.0)
   cswt: bool = True
-  t_low: float = 2.0
-  t_high: float = 6.0
+  t_low: float = positive(2.0)
+  t_high: float = positive(6.0)
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_cswt_range(self)
 
   def loss(self, student, teacher, labels, epoch, aux):
     terms = {

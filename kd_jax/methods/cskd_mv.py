@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 from kd_jax import losses
 from kd_jax.data import augment, randaugment
-from kd_jax.methods.base import Method, cross_entropy
+from kd_jax.methods.base import (Method, check_cswt_range, cross_entropy, one_of, positive,
+                                 non_negative)
 
 
 def median_masks(teacher_logits):
@@ -37,14 +38,18 @@ def median_masks(teacher_logits):
 @dataclasses.dataclass(frozen=True)
 class CSKDMultiView(Method):
   num_views = 2
-  ce_weight: float = 1.0
-  weight: float = 2.0
-  cc_weight: float = 1.0
-  bc_weight: float = 1.0
-  temperature: float = 4.0
-  t_low: float = 2.0
-  t_high: float = 6.0
-  cutout: str = "public_code"
+  ce_weight: float = non_negative(1.0)
+  weight: float = non_negative(2.0)
+  cc_weight: float = non_negative(1.0)
+  bc_weight: float = non_negative(1.0)
+  temperature: float = positive(4.0)
+  t_low: float = positive(2.0)
+  t_high: float = positive(6.0)
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_cswt_range(self)
+  cutout: str = one_of("public_code", randaugment.CUTOUTS)
 
   def views(self, key, images):
     weak_key, strong_key = jax.random.split(key)

@@ -5,15 +5,15 @@ CIFAR-100 defaults beta = gamma = 2, T = 4 as the DIST paper states for CIFAR.
 import dataclasses
 
 from kd_jax import losses
-from kd_jax.methods.base import Method, cross_entropy
+from kd_jax.methods.base import Method, cross_entropy, positive, non_negative
 
 
 @dataclasses.dataclass(frozen=True)
 class DIST(Method):
-  ce_weight: float = 1.0
-  beta: float = 2.0
-  gamma: float = 2.0
-  temperature: float = 4.0
+  ce_weight: float = non_negative(1.0)
+  beta: float = non_negative(2.0)
+  gamma: float = non_negative(2.0)
+  temperature: float = positive(4.0)
 
   def loss(self, student, teacher, labels, epoch, aux):
     terms = {

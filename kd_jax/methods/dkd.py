@@ -6,16 +6,16 @@ import dataclasses
 
 from kd_jax import losses
 from kd_jax.methods.base import (Method, cross_entropy, distillation_logits, linear_warmup,
-                                 standardized)
+                                 positive, standardized, non_negative)
 
 
 @dataclasses.dataclass(frozen=True)
 class DKD(Method):
-  ce_weight: float = 1.0
-  alpha: float = 1.0
-  beta: float = 8.0
-  temperature: float = 4.0
-  warmup_epochs: int = 20
+  ce_weight: float = non_negative(1.0)
+  alpha: float = non_negative(1.0)
+  beta: float = non_negative(8.0)
+  temperature: float = positive(4.0)
+  warmup_epochs: int = positive(20)
   standardize: bool = False
 
   def loss(self, student, teacher, labels, epoch, aux):

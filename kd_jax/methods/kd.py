@@ -6,14 +6,15 @@ z-scored per sample before the KD term (the CE term keeps the raw student logits
 import dataclasses
 
 from kd_jax import losses
-from kd_jax.methods.base import Method, cross_entropy, distillation_logits, standardized
+from kd_jax.methods.base import (Method, cross_entropy, distillation_logits, positive,
+                                 standardized, non_negative)
 
 
 @dataclasses.dataclass(frozen=True)
 class KD(Method):
-  ce_weight: float = 0.1
-  kd_weight: float = 0.9
-  temperature: float = 4.0
+  ce_weight: float = non_negative(0.1)
+  kd_weight: float = non_negative(0.9)
+  temperature: float = positive(4.0)
   standardize: bool = False
 
   def loss(self, student, teacher, labels, epoch, aux):

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from kd_jax import losses, models
 from kd_jax.models import layers
-from kd_jax.methods.base import Method, cross_entropy, linear_warmup
+from kd_jax.methods.base import (Method, cross_entropy, linear_warmup, one_of, positive,
+                                 non_negative)
 from kd_jax.methods.cskd import CSKD
 
 
@@ -53,7 +54,7 @@ def nd_term(student, teacher, labels, aux, train=True):
 class _WithND(Method):
   """Shared ND plumbing: class means from the teacher, the projection head."""
   needs_class_means = True
-  head_init: str = "zero_bias"
+  head_init: str = one_of("zero_bias", models.CLASSIFIER_INITS)
 
   def make_head(self, student_dim, teacher_dim, rngs):
     if student_dim == teacher_dim:
@@ -64,11 +65,11 @@ class _WithND(Method):
 @dataclasses.dataclass(frozen=True)
 class KDND(_WithND):
   """KD++ (METHODS.md 5)."""
-  ce_weight: float = 1.0
-  kd_weight: float = 1.0
-  temperature: float = 4.0
-  nd_weight: float = 2.0
-  warmup_epochs: int = 20
+  ce_weight: float = non_negative(1.0)
+  kd_weight: float = non_negative(1.0)
+  temperature: float = positive(4.0)
+  nd_weight: float = non_negative(2.0)
+  warmup_epochs: int = positive(20)
 
   def loss(self, student, teacher, labels, epoch, aux):
     nd, norms = nd_term(student, teacher, labels, aux)
@@ -88,12 +89,12 @@ class KDND(_WithND):
 @dataclasses.dataclass(frozen=True)
 class DKDND(_WithND):
   """DKD++ (METHODS.md 5)."""
-  ce_weight: float = 1.0
-  alpha: float = 1.0
-  beta: float = 8.0
-  temperature: float = 4.0
-  nd_weight: float = 1.0
-  warmup_epochs: int = 20
+  ce_weight: float = non_negative(1.0)
+  alpha: float = non_negative(1.0)
+  beta: float = non_negative(8.0)
+  temperature: float = positive(4.0)
+  nd_weight: float = non_negative(1.0)
+  warmup_epochs: int = positive(20)
   warmup_nd: bool = False
 
   def loss(self, student, teacher, labels, epoch, aux):
@@ -117,7 +118,7 @@ class DKDND(_WithND):
 @dataclasses.dataclass(frozen=True)
 class CSKDND(CSKD, _WithND):
   """CSKD (+CSWT) + nd_weight ND: a combination no one has published."""
-  nd_weight: float = 1.0
+  nd_weight: float = non_negative(1.0)
 
   def loss(self, student, teacher, labels, epoch, aux):
     total, metrics = CSKD.loss(self, student, teacher, labels, epoch, aux)

@@ -27,7 +27,7 @@ import urllib.request
 
 from kd_jax.errors import UserError
 
-CIFAR_URL = ("https://github.com/megvii-research/mdistiller/releases/download/v0.1/"
+CIFAR_URL = ("https://github.com/megvii-research/mdistiller/releases/download/checkpoints/"
              "cifar_teachers.tar")  # the link in mdistiller's README
 IMAGENET_URL = "https://download.pytorch.org/models/"
 # Where a CIFAR teacher sits below ROOT; the configs' TEACHER_PATH with ROOT=download_ckpts.

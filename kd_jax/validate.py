@@ -1,0 +1,119 @@
+"""Every value of a run's config checked before anything is loaded, compiled or written.
+
+The recipe's constraints are declared here, one rule per field; the method's come from its
+dataclass (kd_jax.methods.base: non_negative / positive / one_of). Each mistake is one
+UserError line naming the field (main.py: `error: ...`, exit status 2).
+"""
+import math
+import os
+
+import jax
+
+from kd_jax import data, methods, models
+from kd_jax.errors import UserError
+
+DTYPES = ("float32", "bfloat16")
+DATASETS = (*data.DATASETS, "imagenet2012")
+
+
+def _positive(value):
+  return value > 0
+
+
+def _non_negative(value):
+  return value >= 0
+
+
+# field -> (test, what it must be); fields a config lacks are skipped.
+RULES = {
+    "seed": (_non_negative, ">= 0"),
+    "num_epochs": (_positive, "> 0"),
+    "batch_size": (_positive, "> 0"),
+    "eval_batch_size": (_positive, "> 0"),
+    "log_every_steps": (_positive, "> 0"),
+    "checkpoint_keep": (_positive, "> 0"),
+    "optim.lr": (_positive, "> 0"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.weight_decay": (_non_negative, ">= 0"),
+    "optim.decay_factor": (_positive, "> 0"),
+    "data.dataset": (DATASETS.__contains__, f"one of {', '.join(DATASETS)}"),
+    "data.synthetic_train_size": (_non_negative, ">= 0"),
+    "data.synthetic_test_size": (_non_negative, ">= 0"),
+    "data.image_size": (_positive, "> 0"),
+    "data.num_threads": (_positive, "> 0"),
+    "data.worker_count": (_non_negative, ">= 0"),
+    "student.classifier_init": (models.CLASSIFIER_INITS.__contains__,
+                                f"one of {', '.join(models.CLASSIFIER_INITS)}"),
+    "student.bn_group_size": (_non_negative, ">= 0 (0: the whole batch)"),
+    "teacher.dtype": (DTYPES.__contains__, f"one of {', '.join(DTYPES)}"),
+    "teacher.train_epochs": (_non_negative, ">= 0"),
+}
+
+
+def _get(config, field):
+  for part in field.split("."):
+    if part not in config:
+      return None
+    config = config[part]
+  return config
+
+
+def _nones(config, prefix="config."):
+  """Fields set to None (ml_collections lets any field be None): no kd_jax field may be."""
+  for key, value in config.items():
+    if value is None:
+      yield prefix + key
+    elif hasattr(value, "items"):
+      yield from _nones(value, f"{prefix}{key}.")
+
+
+def check(config):
+  """Raises a one-line UserError for the first bad value; returns the built method."""
+  for field in _nones(config):
+    raise UserError(f"{field}=None: give it a value")
+  for field, (test, must_be) in RULES.items():
+    value = _get(config, field)
+    if value is None:
+      continue
+    if isinstance(value, float) and not math.isfinite(value) or not test(value):
+      raise UserError(f"config.{field}={value!r} must be {must_be}")
+  if config.data.dataset != "imagenet2012" and config.data.source not in data.SOURCES:
+    raise UserError(f"config.data.source={config.data.source!r} must be one of "
+                    f"{', '.join(data.SOURCES)}")
+  devices = jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] % devices:
+      raise UserError(f"config.{field}={config[field]} must be a multiple of the device "
+                      f"count ({devices})")
+  group = config.student.bn_group_size
+  if group and config.batch_size % group:
+    raise UserError(f"config.batch_size={config.batch_size} must be a multiple of "
+                    f"config.student.bn_group_size={group}")
+  decay = list(config.optim.decay_epochs)
+  if decay != sorted(set(decay)) or any(not 0 < e <= config.num_epochs for e in decay):
+    raise UserError(f"config.optim.decay_epochs={tuple(decay)} must be increasing epochs in "
+                    f"1..num_epochs ({config.num_epochs})")
+  models.pooled_dim(config.student.model)  # an unknown name: UserError listing the valid ones
+  method = methods.create(config.method)
+  if method.needs_teacher:
+    models.pooled_dim(config.teacher.model)
+    _check_teacher(config.teacher)
+  return method
+
+
+def fetch_hint(path):
+  """The command that fetches the published teacher at `path`, if it is one."""
+  for dataset, folder in (("cifar100", "cifar_teachers"), ("imagenet", "imagenet_teachers")):
+    if folder in path:
+      return f"; `python -m kd_jax.tools.fetch_teachers {dataset}` downloads it"
+  return ""
+
+
+def _check_teacher(teacher):
+  if teacher.checkpoint:
+    if not os.path.exists(teacher.checkpoint):
+      raise UserError(f"teacher checkpoint not found: {teacher.checkpoint} "
+                      f"(config.teacher.checkpoint){fetch_hint(teacher.checkpoint)}")
+  elif teacher.train_epochs <= 0:
+    raise UserError("this method needs a teacher: set config.teacher.checkpoint (a .pth "
+                    "file, a teacher directory or a kd_jax run) or config.teacher.train_epochs > 0")
