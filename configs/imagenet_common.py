@@ -2,8 +2,8 @@
 
 100 epochs, batch 512, SGD momentum 0.9, lr 0.2, x0.1 at 30/60/90, wd 1e-4; data from a
 prepared TFDS `imagenet2012` (array_record) through the grain pipeline of
-kd_jax/data/imagenet.py. Teachers are torchvision checkpoints read without torch
-(`--config.teacher.checkpoint=resnet34-b627a593.pth`). `smoke` runs offline on
+kd_jax/data/imagenet.py. Teachers are torchvision checkpoints read without torch, by default where
+`python -m kd_jax.tools.fetch_teachers imagenet` puts them. `smoke` runs offline on
 synthetic 64x64 images through the same pipeline.
 """
 import ml_collections
@@ -13,6 +13,11 @@ from configs import cifar_common
 PAIRS = {
     "res34_res18": ("imagenet_resnet34", "imagenet_resnet18"),
     "res50_mbv1": ("imagenet_resnet50", "imagenet_mobilenetv1"),
+}
+# Where `python -m kd_jax.tools.fetch_teachers imagenet` puts the torchvision teachers.
+TEACHER_PATHS = {
+    "imagenet_resnet34": "download_ckpts/imagenet_teachers/resnet34-b627a593.pth",
+    "imagenet_resnet50": "download_ckpts/imagenet_teachers/resnet50-0676ba61.pth",
 }
 
 
@@ -36,6 +41,6 @@ def get_base(method: dict, arg: str, method_overrides=None) -> ml_collections.Co
   if arg not in PAIRS:
     raise ValueError(f"unknown pair {arg!r}; valid: smoke, {', '.join(PAIRS)}")
   config.teacher.model, config.student.model = PAIRS[arg]
-  config.teacher.checkpoint = ""  # a torchvision .pth must be given on the command line
+  config.teacher.checkpoint = TEACHER_PATHS[config.teacher.model]
   config.method.update((method_overrides or {}).get(arg, {}))
   return config
