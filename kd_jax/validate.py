@@ -93,10 +93,10 @@ def check(config):
   if decay != sorted(set(decay)) or any(not 0 < e <= config.num_epochs for e in decay):
     raise UserError(f"config.optim.decay_epochs={tuple(decay)} must be increasing epochs in "
                     f"1..num_epochs ({config.num_epochs})")
-  models.pooled_dim(config.student.model)  # an unknown name: UserError listing the valid ones
+  for model in (config.student.model, config.teacher.model):
+    models.pooled_dim(model)  # an unknown name: UserError listing the valid ones
   method = methods.create(config.method)
   if method.needs_teacher:
-    models.pooled_dim(config.teacher.model)
     _check_teacher(config.teacher)
   return method
 
