@@ -54,7 +54,7 @@ def card(config):
                                   "(host pipeline)"))
   else:
     lines.append(("augmentation", method.describe_views()))
-  optim = config.optim
+  optim, formula = config.optim, method.formula()
   lines += [
       ("schedule", f"{config.num_epochs} epochs x {steps_per_epoch(config)} steps of batch "
                    f"{config.batch_size} (last partial batch dropped); eval batch "
@@ -63,8 +63,8 @@ def card(config):
                     f"weight decay {optim.weight_decay:g} on all parameters"),
       ("lr", f"{optim.lr:g}, x{optim.decay_factor:g} at epochs "
              f"{', '.join(str(e) for e in optim.decay_epochs) or 'none'}"),
-      ("loss", method.formula() + (" (e: epoch counted from 0)" if "e/" in method.formula()
-                                   or "(e+1)" in method.formula() else "")),
+      ("loss", formula + (" (e: epoch counted from 0)" if "e/" in formula or "(e+1)" in formula
+                          else "")),
   ]
   name = published.published_method(config.method)
   number = published.for_config(config.to_dict())
