@@ -98,8 +98,8 @@ def main(argv):
     result = train.train_and_evaluate(_CONFIG.value, workdir, overwrite=_OVERWRITE.value)
   except UserError as error:
     _fail(error)
-  if "signal" in result:  # preempted: checkpointed; the conventional 128 + signal number
-    sys.exit(128 + result["signal"])
+  if result.signal is not None:  # preempted: checkpointed; the conventional 128 + signal number
+    sys.exit(128 + result.signal)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ in alternating blocks, each number the median over --repeats blocks. Methods wit
 kd_jax method or a configs/cifar_<method>.py are skipped with a note (ND methods, e.g.
 kd_nd, come from configs/cifar_nd.py).
 
-Modes: 'step' runs `Trainer.train_step` on device-resident data, --steps steps per
+Modes: 'step' runs `Trainer.train_step` on device-resident data (a DeviceFeeder), --steps steps per
 timed block, waiting only at the end of a block. 'loop' runs `Trainer.run` for one
 whole (synthetic, shortened) epoch of --loop-steps steps per block: logging about 4
 times an epoch as the real recipe does (every 200 of 782 steps), then a test-set
@@ -87,6 +87,7 @@ class Variant:
     import jax  # pylint: disable=g-import-not-at-top
     from flax import nnx  # pylint: disable=g-import-not-at-top
     from kd_jax import methods, models, train  # pylint: disable=g-import-not-at-top
+    from kd_jax.data import feeders  # pylint: disable=g-import-not-at-top
     config = method_config(pair, method)
     config.batch_size = batch_size
     config.teacher.checkpoint, config.teacher.dtype = "", teacher_dtype
@@ -102,25 +103,22 @@ class Variant:
     if self.method.needs_teacher:
       teacher = models.create(config.teacher.model, dataset.num_classes, rngs=nnx.Rngs(1),
                               dtype=train.DTYPES[teacher_dtype])
-    head = self.method.make_head(models.pooled_dim(config.student.model),
-                                 models.pooled_dim(config.teacher.model), nnx.Rngs(2))
-    class_means = None
-    if self.method.needs_class_means:  # random class means: speed only
-      class_means = jax.random.uniform(
-          jax.random.key(3), (dataset.num_classes, models.pooled_dim(config.teacher.model)))
-    self.trainer = train.Trainer(config, dataset, student, teacher, self.method,
-                                 train.data_mesh(), head, class_means)
+    mesh = train.data_mesh()
+    feeder = feeders.DeviceFeeder(dataset, config, mesh)
+    # Random frozen extras (ND's class means): speed only, no pass over the data.
+    setup = methods.Setup(student, teacher, feeder, nnx.Rngs(2), cached=lambda name, shape, _: (
+        jax.random.uniform(jax.random.key(3), shape)))
+    self.trainer = train.Trainer(config, feeder, student, teacher, self.method, mesh,
+                                 self.method.extras(setup), self.method.frozen(setup))
     self.record = {"pair": pair, "method": method, "batch_size": batch_size,
                    "teacher_dtype": self.teacher_dtype,
                    "teacher": config.teacher.model if teacher else None,
                    "student": config.student.model}
 
-  def step_args(self, permutation, sums=None):
+  def step_args(self, batch, sums=None):
     """The arguments of `Trainer.train_step`; fresh zero metric sums unless given."""
     t = self.trainer
-    if sums is None:
-      sums = t._zero_metrics()  # pylint: disable=protected-access
-    return (t.state, sums, t.teacher_state, t.train_images, t.train_labels, permutation)
+    return (t.state, t.init_metric_sums() if sums is None else sums, t.frozen, batch)
 
 
 class StepBench:
@@ -128,14 +126,14 @@ class StepBench:
 
   def __init__(self, variant, steps):
     self.variant, self.steps = variant, steps
-    self.permutation = variant.trainer.permutation(0)
+    self.batch = variant.trainer.feeder.example_train_batch()
     self.sums = None
     self.record = {**variant.record, "mode": "step"}
 
   def _run(self, steps):
     import jax  # pylint: disable=g-import-not-at-top
     trainer = self.variant.trainer
-    state, sums, *rest = self.variant.step_args(self.permutation, self.sums)
+    state, sums, *rest = self.variant.step_args(self.batch, self.sums)
     start = time.perf_counter()
     for _ in range(steps):
       state, sums = trainer.train_step(state, sums, *rest)
@@ -168,7 +166,7 @@ class LoopBench:
     self.done = 0
     self.eval_seconds = []  # test-set evaluation time of each epoch
     self.record = {**variant.record, "mode": "loop", "steps_per_epoch": self.steps,
-                   "eval_images": len(trainer.dataset.test_labels),
+                   "eval_images": trainer.feeder.info.num_test,
                    "log_every_steps": variant.config.log_every_steps}
 
   def _run_epoch(self):
@@ -181,23 +179,22 @@ class LoopBench:
         start.append(time.perf_counter())
       return step_fn(*args)
 
-    evaluate_fn = trainer._evaluate_epoch  # pylint: disable=protected-access
+    evaluate_fn = trainer.evaluate
 
     def timed_evaluate(*args):
       eval_start = time.perf_counter()
-      evaluate_fn(*args)
+      results = evaluate_fn(*args)
       self.eval_seconds.append(time.perf_counter() - eval_start)
+      return results
 
     target = (self.done // self.steps + 1) * self.steps
-    trainer.train_step = first_call_timer
-    trainer._evaluate_epoch = timed_evaluate  # pylint: disable=protected-access
+    trainer.train_step, trainer.evaluate = first_call_timer, timed_evaluate
     try:
-      progress = trainer.run(self.workdir, max_steps=target)
+      result = trainer.run(self.workdir, max_steps=target)
     finally:
-      trainer.train_step = step_fn
-      del trainer._evaluate_epoch  # back to the class's method
+      trainer.train_step, trainer.evaluate = step_fn, evaluate_fn
     seconds = time.perf_counter() - start[0]
-    assert progress.get("stopped_at") == target, progress
+    assert result.stopped_at == target, result
     self.done = target
     return seconds
 
@@ -218,7 +215,7 @@ def _cache_sizes(variant):
   """Entries in the jit caches of the train and eval steps (grows when they compile)."""
   trainer = variant.trainer
   return tuple(getattr(f, "_cache_size", lambda: None)()
-               for f in (trainer.train_step, trainer.eval_step))
+               for f in (trainer.train_step, trainer.evaluate.batch_sums))
 
 
 def flops_records(variants, batch_size):
@@ -246,7 +243,7 @@ def flops_records(variants, batch_size):
 
   records = []
   for v in variants:
-    step = v.trainer.train_step.lower(*v.step_args(v.trainer.permutation(0))).compile()
+    step = v.trainer.train_step.lower(*v.step_args(v.trainer.feeder.example_train_batch())).compile()
     teacher = forward(v.config.teacher.model) if v.method.needs_teacher else 0.0
     student = forward(v.config.student.model)
     records.append({

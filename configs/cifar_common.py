@@ -6,6 +6,8 @@ first in the workdir, two short epochs each, no download, under two minutes on 2
 """
 import ml_collections
 
+from kd_jax import methods
+
 # pair name -> (teacher, student): the benchmark's 11 (METHODS.md 6b), then the 5 more
 # of the logit standardization and MLKD tables.
 PAIRS = {
@@ -44,7 +46,8 @@ def get_base(method: dict) -> ml_collections.ConfigDict:
                                                   bn_group_size=0))
   config.teacher = ml_collections.ConfigDict(dict(
       model="resnet32x4", checkpoint="", dtype="float32", train_epochs=0))
-  config.method = ml_collections.ConfigDict(method)
+  # Every field of the method, at its dataclass default unless the recipe sets it.
+  config.method = ml_collections.ConfigDict(methods.defaults(**method))
   config.optim = ml_collections.ConfigDict(dict(
       lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
       decay_epochs=(150, 180, 210), decay_factor=0.1))

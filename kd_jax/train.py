@@ -1,20 +1,21 @@
-"""The loop: one jitted step for frozen teacher + student, evaluation, logging, checkpoints.
+"""The loop: a pure jitted step driven by a short loop whose side effects are hooks.
 
-Data flows one way: config -> data + models + method -> step -> metrics/checkpoints.
-The whole CIFAR split sits on the devices; each step gathers its batch by index from a
-per-epoch permutation, augments it and runs teacher and student, all inside one jit, so
-the host only dispatches. Batches are sharded over a ('data',) mesh, parameters are
-replicated: batch-level losses and BatchNorm see the global batch on any device count.
+Data flows one way: config -> feeder + models + method (+ its extras) -> step ->
+metrics/checkpoints. The step is `kd_jax.step` (teacher and student in one jit), the
+batches come from a feeder (`kd_jax.data.feeders`), every pass that is not a training
+step goes through `kd_jax.evaluation`. Batches are sharded over a ('data',) mesh,
+parameters are replicated: batch-level losses and BatchNorm see the global batch on any
+device count. This file knows no dataset and no method by name.
 """
+import dataclasses
 import json
 import os
 import shutil
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
-import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -22,44 +23,20 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
-import optax
 
-from kd_jax import checkpoint, data, guards, models, validate
-from kd_jax import class_means as class_means_lib
-from kd_jax.data import augment, batching
+from kd_jax import checkpoint, evaluation, guards, models, validate
+from kd_jax import step as step_lib
+from kd_jax.data import feeders
 from kd_jax.errors import UserError
-from kd_jax.methods import Aux, ModelOutput
+from kd_jax.methods import Setup
 from kd_jax.models import layers
 from kd_jax.metrics import MetricWriter, Progress
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_FIRST_NONFINITE = "first_nonfinite_step"  # reduced with min, not summed
-_NEVER = np.iinfo(np.int32).max
 
 
 class Diverged(UserError):
   """The loss became NaN/inf: stop, keep the last good checkpoint, say where."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  model_state: Any  # BatchNorm running statistics
-  opt_state: Any
-
-
-def make_optimizer(optim, steps_per_epoch):
-  """SGD (momentum, optional Nesterov) + L2 weight decay on all parameters, as PyTorch's
-  SGD(weight_decay=...); lr x decay_factor from the first step of each decay epoch.
-
-  Returns (optimizer, schedule) so the loop can log the learning rate it used.
-  """
-  boundaries = {int(epoch * steps_per_epoch): optim.decay_factor for epoch in optim.decay_epochs}
-  schedule = optax.piecewise_constant_schedule(optim.lr, boundaries)
-  optimizer = optax.chain(optax.add_decayed_weights(optim.weight_decay),
-                          optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
-  return optimizer, schedule
 
 
 def data_mesh(devices=None):
@@ -70,188 +47,103 @@ def data_mesh(devices=None):
                            axis_types=(jax.sharding.AxisType.Auto,))
 
 
-class StudentWithHead(nnx.Module):
-  """What the optimizer trains: the student and, for some methods, a loss-only head."""
+class StudentWithExtras(nnx.Module):
+  """What the optimizer trains: the student and the method's extras (Method.extras)."""
 
-  def __init__(self, student, head=None):
-    self.student, self.head = student, head
+  def __init__(self, student, extras=None):
+    self.student, self.extras = student, extras
 
   def __call__(self, images, train):
     return self.student(images, train=train)
 
 
-class Trainer:
-  """Holds the jitted steps of one run; `run` trains (or resumes) and evaluates.
+@dataclasses.dataclass
+class RunResult:
+  """How a run ended: finished (what summary.json holds) or stopped early."""
+  best_top1: float | None
+  best_epoch: int | None
+  last_top1: float | None
+  teacher_top1: float | None
+  epochs: int
+  seconds_this_session: float | None = None
+  stopped_at: int | None = None  # the global step the same command resumes from
+  signal: int | None = None  # the signal (SIGTERM/SIGINT) that stopped it
 
-  `head` is the method's trainable extra (see Method.make_head) and `class_means` the
-  teacher class means of methods that need them.
+  @property
+  def finished(self):
+    return self.stopped_at is None
+
+
+@dataclasses.dataclass
+class Hooks:
+  """Everything the loop does besides stepping: the run's side effects."""
+  log: Callable[[int, Any, int], None]  # (step, metric sums, steps summed) at log points
+  evaluate: Callable[[int, int], None]  # (epoch, step) at the end of each epoch
+  checkpoint: Callable[[int], None]  # (step) after each epoch, and when stopping early
+  stop: Callable[[int], bool]  # (step) -> stop now (preemption)
+
+
+class Trainer:
+  """One run's state and compiled functions; `run` trains (or resumes) and evaluates.
+
+  `extras` / `frozen` are the method's (Method.extras / Method.frozen).
   """
 
-  def __init__(self, config, dataset, student, teacher, method, mesh, head=None,
-               class_means=None):
-    self.config, self.dataset, self.method, self.mesh = config, dataset, method, mesh
-    self.batch_size = config.batch_size
-    self.steps_per_epoch = batching.steps_per_epoch(self._num_train_examples(), self.batch_size)
+  def __init__(self, config, feeder, student, teacher, method, mesh, extras=None, frozen=None):
+    self.config, self.feeder, self.method, self.mesh = config, feeder, method, mesh
+    self.steps_per_epoch = feeder.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.num_epochs
-    self.optimizer, self.schedule = make_optimizer(config.optim, self.steps_per_epoch)
-    self.batch_sharding = NamedSharding(mesh, P("data"))
+    self.optimizer, self.schedule = step_lib.make_optimizer(config.optim, self.steps_per_epoch)
     self.replicated = replicated = NamedSharding(mesh, P())
 
-    trainable = layers.set_batch_norm_groups(StudentWithHead(student, head),
+    trainable = layers.set_batch_norm_groups(StudentWithExtras(student, extras),
                                              config.student.bn_group_size)
-    self.student_def, params, model_state = nnx.split(trainable, nnx.Param, ...)
-    self.class_means = None if class_means is None else jax.device_put(
-        jnp.asarray(class_means, jnp.float32), replicated)
-    self.state = jax.device_put(TrainState(
+    self.trainable_def, params, model_state = nnx.split(trainable, nnx.Param, ...)
+    self.state = jax.device_put(step_lib.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
         opt_state=self.optimizer.init(params)), replicated)
-    if teacher is not None:
-      self.teacher_def, teacher_state = nnx.split(teacher)
-      self.teacher_state = jax.device_put(teacher_state, replicated)
-    else:
-      self.teacher_def = self.teacher_state = None
-    self.mean = jnp.asarray(dataset.mean, jnp.float32)
-    self.std = jnp.asarray(dataset.std, jnp.float32)
-    self._setup_data(replicated)
-    self._metric_shapes = jax.eval_shape(self._step, self.state, self.teacher_state,
-                                         *self._example_train_batch())[1]
-    self.train_step = jax.jit(self._accumulating_step, donate_argnums=(0, 1))
+    teacher_def, teacher_state = nnx.split(teacher) if teacher is not None else (None, None)
+    self.frozen = jax.device_put(step_lib.frozen_inputs(teacher_state, frozen), replicated)
+    step = step_lib.make_train_step(
+        method=method, feeder=feeder, optimizer=self.optimizer,
+        trainable_def=self.trainable_def, teacher_def=teacher_def,
+        steps_per_epoch=self.steps_per_epoch, skip_nonfinite=config.skip_nonfinite)
+    self._metric_shapes = step_lib.metric_shapes(step, self.state, self.frozen,
+                                                 feeder.example_train_batch())
+    self.train_step = jax.jit(step, donate_argnums=(0, 1))
+    self.evaluate = evaluation.Evaluator(feeder, self.trainable_def)
+    self.evaluate_teacher = teacher and evaluation.Evaluator(feeder, teacher_def)
     self.stop_requested = threading.Event()  # set by a signal handler to stop cleanly
-    self.eval_step = jax.jit(self._eval_step, static_argnums=(0,))
 
-  # ---------------------------------------------- where batches come from (device data)
-  # The whole split lives on the devices; a step gathers its batch by index and augments
-  # it inside the jit. kd_jax/train_imagenet.py overrides these for host-fed data.
+  def init_metric_sums(self):
+    """Zero metric sums, placed as the step returns them (no recompilation)."""
+    return step_lib.init_metric_sums(self._metric_shapes, self.replicated)
 
-  def _num_train_examples(self):
-    return len(self.dataset.train_labels)
+  def train_loop(self, step, stop_at, hooks: Hooks):
+    """Steps from global step `step` to `stop_at` (or a stop): the whole loop."""
+    log_every = self.config.log_every_steps
+    while step < stop_at and not hooks.stop(step):
+      epoch = step // self.steps_per_epoch
+      end = min((epoch + 1) * self.steps_per_epoch, stop_at)
+      batches = self.feeder.train_batches(epoch)
+      sums, summed = self.init_metric_sums(), 0
+      while step < end and not hooks.stop(step):
+        self.state, sums = self.train_step(self.state, sums, self.frozen, next(batches))
+        step, summed = step + 1, summed + 1
+        if step % log_every == 0 or step == end:
+          hooks.log(step, sums, summed)
+          sums, summed = self.init_metric_sums(), 0
+      if step % self.steps_per_epoch == 0:
+        hooks.evaluate(epoch, step)
+      hooks.checkpoint(step)
+    return step
 
-  def _setup_data(self, replicated):
-    dataset = self.dataset
-    self.train_images, self.train_labels, self.test_images, self.test_labels = jax.device_put(
-        (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels),
-        replicated)
-    self.permutation = jax.jit(lambda epoch: batching.epoch_permutation(
-        self.config.seed, epoch, len(dataset.train_labels)), out_shardings=replicated)
-
-  def _example_train_batch(self):
-    return self.train_images, self.train_labels, self.permutation(0)
-
-  def _train_batches(self, epoch):
-    """The train_step arguments after (state, sums, teacher_state), step after step."""
-    batch = (self.train_images, self.train_labels, self.permutation(epoch))
-    while True:
-      yield batch
-
-  def _views(self, step, images, labels, permutation):
-    """This step's batch: (weak view[, strong view]) normalised, and the labels."""
-    index = batching.batch_indices(permutation, step % self.steps_per_epoch, self.batch_size)
-    index = jax.lax.with_sharding_constraint(index, self.batch_sharding)
-    key = jax.random.fold_in(jax.random.key(self.config.seed), step)
-    views = self.method.views(key, images[index])
-    return [augment.normalize(view, self.mean, self.std) for view in views], labels[index]
-
-  def _test_batches(self):
-    """The eval_step arguments after (graphdef, variables), batch after batch."""
-    for index, mask in batching.eval_batches(len(self.dataset.test_labels),
-                                             self.config.eval_batch_size):
-      yield (self.test_images, self.test_labels, jnp.asarray(index),
-             jnp.asarray(mask, jnp.float32))
-
-  def _eval_inputs(self, images, labels, index, mask):
-    """uint8 images, labels and validity mask of one eval batch."""
-    index = jax.lax.with_sharding_constraint(index, self.batch_sharding)
-    return images[index], labels[index], mask
-
-  def data_state(self):
-    """Position of a host-side input pipeline, saved with checkpoints (none here)."""
-    return None
-
-  def restore_data_state(self, state):
-    del state
-
-  # ------------------------------------------------------------------ jitted pieces
-
-  def _step(self, state, teacher_state, *batch):
-    """One optimizer step; returns the new state and this batch's metrics."""
-    epoch = state.step // self.steps_per_epoch
-    views, targets = self._views(state.step, *batch)
-    single = self.method.num_views == 1
-    teacher_out = None
-    if self.method.needs_teacher:
-      teacher = nnx.merge(self.teacher_def, teacher_state)
-      teacher_out = [ModelOutput(*teacher(view, train=False)) for view in views]
-      teacher_out = jax.lax.stop_gradient(teacher_out[0] if single else tuple(teacher_out))
-
-    trainable = nnx.merge(self.student_def, state.params, state.model_state)
-
-    def loss_fn(trainable):
-      student_out = [ModelOutput(*trainable.student(view, train=True)) for view in views]
-      student_out = student_out[0] if single else tuple(student_out)
-      total, terms = self.method.loss(student_out, teacher_out, targets, epoch,
-                                      Aux(trainable.head, self.class_means))
-      first = student_out if single else student_out[0]
-      return total, (terms, first.logits)
-
-    # nnx.value_and_grad: gradients w.r.t. the nnx.Params only; the BatchNorm statistics
-    # (and dropout RNG counts) updated in the forward pass land back in `trainable`.
-    (total, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(trainable)
-    _, _, model_state = nnx.split(trainable, nnx.Param, ...)
-    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              model_state=model_state, opt_state=opt_state)
-    finite = jnp.isfinite(total)
-    metrics = {"loss": total, **terms, "top1": 100 * jnp.mean(jnp.argmax(logits, -1) == targets),
-               _FIRST_NONFINITE: jnp.where(finite, _NEVER, state.step)}
-    if self.config.skip_nonfinite:  # keep the old state, only count the step
-      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
-                               state.replace(step=new_state.step))
-      metrics["skipped_steps"] = 1 - finite.astype(jnp.int32)
-    return new_state, metrics
-
-  def _accumulating_step(self, state, metric_sums, teacher_state, *batch):
-    """_step plus on-device running sums of its metrics: no host sync between log points."""
-    state, metrics = self._step(state, teacher_state, *batch)
-    first_nonfinite = jnp.minimum(metric_sums.pop(_FIRST_NONFINITE), metrics.pop(_FIRST_NONFINITE))
-    return state, jax.tree.map(jnp.add, metric_sums, metrics) | {_FIRST_NONFINITE: first_nonfinite}
-
-  def _zero_metrics(self):
-    """Fresh metric sums, replicated like the step's output (else the step recompiles)."""
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._metric_shapes)
-    zeros[_FIRST_NONFINITE] = jnp.asarray(_NEVER, jnp.int32)
-    return jax.device_put(zeros, self.replicated)
-
-  def _eval_step(self, graphdef, variables, *batch):
-    """Sums of correct top-1/top-5 and CE over the valid (mask=1) samples of one batch."""
-    model = nnx.merge(graphdef, *variables)
-    images, targets, mask = self._eval_inputs(*batch)
-    logits, _ = model(augment.normalize(images, self.mean, self.std), train=False)
-    logits = logits.astype(jnp.float32)
-    top5 = jax.lax.top_k(logits, 5)[1]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return {"top1": jnp.sum(mask * (top5[:, 0] == targets)),
-            "top5": jnp.sum(mask * jnp.any(top5 == targets[:, None], axis=-1)),
-            "ce": jnp.sum(mask * ce), "count": jnp.sum(mask)}
-
-  def evaluate(self, graphdef, variables):
-    """Top-1 / top-5 (%) and CE over the whole test split, each sample counted once."""
-    sums = None
-    for batch in self._test_batches():
-      batch_sums = self.eval_step(graphdef, variables, *batch)
-      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-    sums = jax.device_get(sums)
-    count = float(sums["count"])
-    return {"top1": 100 * float(sums["top1"]) / count, "top5": 100 * float(sums["top5"]) / count,
-            "ce": float(sums["ce"]) / count}
-
-  # ------------------------------------------------------------------ the loop
-
-  def run(self, workdir, max_steps=None):
+  def run(self, workdir, max_steps=None) -> RunResult:
     """Trains from the newest checkpoint in `workdir` (or from scratch) to the end.
 
     Stops early, with a checkpoint (mid-epoch if need be), after global step `max_steps`
-    or once `stop_requested` is set (preemption); the returned progress then has
-    'stopped_at', and the same call resumes exactly there.
+    or once `stop_requested` is set (preemption); the result then has `stopped_at`, and
+    the same call resumes exactly there.
     """
     checkpoints = checkpoint.RunCheckpoints(workdir, self.config.checkpoint_keep)
     writer = MetricWriter(workdir)
@@ -259,54 +151,47 @@ class Trainer:
       progress = {"best_top1": None, "best_epoch": None, "last_top1": None, "teacher_top1": None}
       if checkpoints.latest_step() is not None:
         self.state, progress = checkpoints.restore(checkpoint.abstract_like(self.state))
-        self.restore_data_state(progress.pop("data_state", None))
+        self.feeder.restore(progress.pop("data_state", None))
         logging.info("resumed from step %d in %s", checkpoints.latest_step(), workdir)
       step = int(jax.device_get(self.state.step))
-      if self.teacher_state is not None and progress["teacher_top1"] is None:
-        teacher_eval = self.evaluate(self.teacher_def, (self.teacher_state,))
+      if self.evaluate_teacher and progress["teacher_top1"] is None:
+        teacher_eval = self.evaluate_teacher(self.frozen["teacher"])
         progress["teacher_top1"] = teacher_eval["top1"]
         logging.info("teacher test top-1 %.2f%%", teacher_eval["top1"])
         writer.write(step, "teacher_eval", teacher_eval)
-
-      stop_at = min(max_steps or self.total_steps, self.total_steps)
-      meter = Progress(self.total_steps, self.batch_size, step)
-      while step < stop_at and not self._stop_agreed(step):
-        epoch = step // self.steps_per_epoch
-        step = self._train_epoch(epoch, step, stop_at, writer, meter)
-        if step % self.steps_per_epoch == 0:
-          self._evaluate_epoch(epoch, step, progress, writer)
-        checkpoints.save(step, self.state, progress | {"data_state": self.data_state()})
-      if step < self.total_steps:
-        logging.info("stopped at step %d of %d (epoch %d); rerun the same command to resume",
-                     step, self.total_steps, step // self.steps_per_epoch + 1)
-        progress = progress | {"stopped_at": step}
+      meter = Progress(self.total_steps, self.config.batch_size, step)
+      hooks = Hooks(
+          log=lambda step, sums, summed: self._log(writer, meter, step, sums, summed),
+          evaluate=lambda epoch, step: self._evaluate_epoch(progress, writer, epoch, step),
+          checkpoint=lambda step: checkpoints.save(
+              step, self.state, progress | {"data_state": self.feeder.state()}),
+          stop=self._stop_agreed)
+      step = self.train_loop(step, min(max_steps or self.total_steps, self.total_steps), hooks)
     finally:
       checkpoints.close()
       writer.close()
-    return progress
+    result = RunResult(progress["best_top1"], progress["best_epoch"], progress["last_top1"],
+                       progress["teacher_top1"], self.config.num_epochs)
+    if step < self.total_steps:
+      logging.info("stopped at step %d of %d (epoch %d); rerun the same command to resume",
+                   step, self.total_steps, step // self.steps_per_epoch + 1)
+      result.stopped_at = step
+    return result
 
-  def _train_epoch(self, epoch, step, stop_at, writer, meter):
-    """Steps until the end of `epoch`, `stop_at` or a stop request; returns the step."""
-    batches = self._train_batches(epoch)
-    end = min((epoch + 1) * self.steps_per_epoch, stop_at)
-    sums, sums_steps = self._zero_metrics(), 0
-    while step < end and not self._stop_agreed(step):
-      self.state, sums = self.train_step(self.state, sums, self.teacher_state, *next(batches))
-      step, sums_steps = step + 1, sums_steps + 1
-      if step % self.config.log_every_steps == 0 or step == end:
-        sums = jax.device_get(sums)
-        first_nonfinite = int(sums.pop(_FIRST_NONFINITE))
-        means = {k: float(v) / sums_steps for k, v in sums.items()}
-        if first_nonfinite != _NEVER and not self.config.skip_nonfinite:
-          terms = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
-          raise Diverged(f"non-finite loss at step {first_nonfinite + 1} (means over steps "
-                         f"{step - sums_steps + 1}-{step}: {terms}); the last good checkpoint "
-                         "is kept: lower config.optim.lr or set config.skip_nonfinite=True")
-        means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
-        means["lr"] = float(self.schedule(step - 1))
-        writer.write(step, "train", means)
-        sums, sums_steps = self._zero_metrics(), 0
-    return step
+  def _log(self, writer, meter, step, sums, summed):
+    """Means of the metrics since the last log point; stops a diverged run."""
+    sums = jax.device_get(sums)
+    first_nonfinite = int(sums.pop(step_lib.FIRST_NONFINITE))
+    means = {k: float(v) / summed for k, v in sums.items()}
+    if first_nonfinite != step_lib.NEVER and not self.config.skip_nonfinite:
+      terms = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
+      raise Diverged(f"non-finite loss at step {first_nonfinite + 1} (means over steps "
+                     f"{step - summed + 1}-{step}: {terms}); the last good checkpoint "
+                     "is kept: lower config.optim.lr or set config.skip_nonfinite=True")
+    epoch = (step - 1) // self.steps_per_epoch
+    means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
+    means["lr"] = float(self.schedule(step - 1))
+    writer.write(step, "train", means)
 
   def _stop_agreed(self, step):
     """Whether to stop now (preemption). Multi-host: every host stops at the same step,
@@ -318,9 +203,9 @@ class Trainer:
     flags = multihost_utils.process_allgather(np.asarray(self.stop_requested.is_set()))
     return bool(np.any(flags))
 
-  def _evaluate_epoch(self, epoch, step, progress, writer):
+  def _evaluate_epoch(self, progress, writer, epoch, step):
     """Test-set evaluation at the end of an epoch; updates best/last in `progress`."""
-    results = self.evaluate(self.student_def, (self.state.params, self.state.model_state))
+    results = self.evaluate(self.state.params, self.state.model_state)
     if progress["best_top1"] is None or results["top1"] > progress["best_top1"]:
       progress["best_top1"], progress["best_epoch"] = results["top1"], epoch + 1
     progress["last_top1"] = results["top1"]
@@ -330,8 +215,8 @@ class Trainer:
                  progress["best_top1"], progress["best_epoch"])
 
   def student(self):
-    """The trained student model (without any loss-only head)."""
-    return nnx.merge(self.student_def, self.state.params, self.state.model_state).student
+    """The trained student model (without the method's extras)."""
+    return nnx.merge(self.trainable_def, self.state.params, self.state.model_state).student
 
 
 def create_student(config, num_classes):
@@ -384,38 +269,51 @@ def _record_run(config, workdir, num_classes):
                  "platform": jax.devices()[0].platform, "versions": _versions()}, f, indent=2)
 
 
-def _train_teacher(config, workdir, dataset):
+def _train_teacher(config, workdir, loaded):
   """Bootstraps a teacher (smoke runs): a CE run of config.teacher.model in workdir/teacher."""
   path = os.path.join(workdir, "teacher")
-  teacher_config = ml_collections.ConfigDict(config.to_dict())
-  teacher_config.method = ml_collections.ConfigDict({"name": "ce"})
-  teacher_config.student.model = config.teacher.model
-  teacher_config.num_epochs = config.teacher.train_epochs
-  teacher_config.teacher.train_epochs = 0
   logging.info("training the teacher %s for %d epochs in %s", config.teacher.model,
                config.teacher.train_epochs, path)
-  train_and_evaluate(teacher_config, path, dataset)
+  train_and_evaluate(validate.teacher_bootstrap_config(config), path, loaded)
   return path
 
 
-def _load_dataset(config):
-  """CIFAR arrays for the device, or (ImageNet) a host pipeline."""
-  if config.data.dataset == "imagenet2012":
-    from kd_jax import train_imagenet  # pylint: disable=g-import-not-at-top
-    return train_imagenet.load(config)
-  return data.load(config.data.dataset, config.data.source, config.data.data_dir or None,
-                   synthetic_train_size=config.data.synthetic_train_size,
-                   synthetic_test_size=config.data.synthetic_test_size)
+def _cache(teacher_path, info, workdir):
+  """Setup.cached: results keyed by (teacher, dataset), kept beside the teacher checkpoint
+  (or in the workdir when that place is read-only), recomputed when the shape differs."""
+
+  def cached(name, shape, compute):
+    filename = f"{name}.{info.cache_key}.npy"
+    beside = (os.path.join(teacher_path, filename) if os.path.isdir(teacher_path)
+              else f"{teacher_path}.{filename}")
+    places = [beside, os.path.join(workdir, filename)]
+    for path in places:
+      if os.path.exists(path):
+        value = np.load(path)
+        if value.shape == tuple(shape):
+          logging.info("%s from %s", name, path)
+          return value
+    logging.info("computing %s (once per teacher and dataset)", name)
+    value = np.asarray(compute())
+    for path in places:
+      try:
+        np.save(path, value)
+        break
+      except OSError:
+        continue
+    return value
+
+  return cached
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=None,
-                       max_steps=None, overwrite=False):
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, loaded=None,
+                       max_steps=None, overwrite=False) -> RunResult:
   """Runs (or resumes, or reports the finished) experiment `config` in `workdir`.
 
-  `dataset` skips loading (tests, the smoke teacher); `max_steps` stops early with a
-  resumable checkpoint (see Trainer.run); `overwrite` deletes a workdir that holds a
-  run of another config instead of refusing it. A run stopped by SIGTERM/SIGINT returns
-  progress with 'stopped_at' and 'signal'.
+  `loaded` (kd_jax.data.feeders.load's data) skips loading (tests, the smoke teacher);
+  `max_steps` stops early with a resumable checkpoint (see Trainer.run); `overwrite`
+  deletes a workdir that holds a run of another config instead of refusing it. A run
+  stopped by SIGTERM/SIGINT returns with `stopped_at` and `signal` set.
   """
   method = validate.check(config)
   if "://" in workdir:
@@ -428,61 +326,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset=
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:
-      summary = json.load(f)
+      summary = RunResult(**json.load(f))
     logging.info("%s is complete: best top-1 %.2f%%, last %.2f%%", workdir,
-                 summary["best_top1"], summary["last_top1"])
+                 summary.best_top1, summary.last_top1)
     return summary
-  if dataset is None:
-    dataset = _load_dataset(config)
+  if loaded is None:
+    loaded = feeders.load(config)
   # Everything that can be wrong with the inputs fails here, before the workdir is touched.
-  teacher_dtype = DTYPES[config.teacher.dtype]
   teacher, teacher_path = None, config.teacher.checkpoint
   if method.needs_teacher and teacher_path:
-    teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, dataset.num_classes,
-                                      dtype=teacher_dtype)
+    teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, loaded.num_classes,
+                                      dtype=DTYPES[config.teacher.dtype])
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as error:
     raise UserError(f"cannot create --workdir={workdir}: {error.strerror}") from None
   with guards.workdir_lock(workdir):
-    return _run_locked(config, workdir, dataset, method, teacher, teacher_path, max_steps)
+    return _run_locked(config, workdir, loaded, method, teacher, teacher_path, max_steps)
 
 
-def _run_locked(config, workdir, dataset, method, teacher, teacher_path, max_steps):
+def _run_locked(config, workdir, loaded, method, teacher, teacher_path, max_steps):
   """The part of train_and_evaluate that writes into the (locked) workdir."""
-  teacher_dtype = DTYPES[config.teacher.dtype]
-  summary_path = os.path.join(workdir, "summary.json")
-  _record_run(config, workdir, dataset.num_classes)
+  _record_run(config, workdir, loaded.num_classes)
   if method.needs_teacher and teacher is None:
-    teacher_path = _train_teacher(config, workdir, dataset)
-    teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, dataset.num_classes,
-                                      dtype=teacher_dtype)
-
+    teacher_path = _train_teacher(config, workdir, loaded)
+    teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, loaded.num_classes,
+                                      dtype=DTYPES[config.teacher.dtype])
   mesh = data_mesh()
-  student = create_student(config, dataset.num_classes)
-  head = method.make_head(models.pooled_dim(config.student.model),
-                          models.pooled_dim(config.teacher.model), nnx.Rngs(config.seed + 1))
-  class_means = None
-  if method.needs_class_means:
-    class_means = class_means_lib.cached_class_means(config, teacher, teacher_path, dataset,
-                                                     mesh, workdir)
-  trainer_class = Trainer
-  if not isinstance(dataset, data.Dataset):
-    from kd_jax import train_imagenet  # pylint: disable=g-import-not-at-top
-    trainer_class = train_imagenet.HostFedTrainer
-  trainer = trainer_class(config, dataset, student, teacher, method, mesh, head, class_means)
+  feeder = feeders.create(config, mesh, loaded)
+  student = create_student(config, feeder.info.num_classes)
+  setup = Setup(student, teacher, feeder, nnx.Rngs(config.seed + 1),
+                _cache(teacher_path, feeder.info, workdir))
+  trainer = Trainer(config, feeder, student, teacher, method, mesh, method.extras(setup),
+                    method.frozen(setup))
   start = time.perf_counter()
   with guards.stop_on_signals(trainer) as signals:
-    progress = trainer.run(workdir, max_steps)
-  if "stopped_at" in progress:
-    return progress | ({"signal": signals[0]} if signals else {})
+    result = trainer.run(workdir, max_steps)
+  if not result.finished:
+    result.signal = signals[0] if signals else None
+    return result
   checkpoint.save_final_student(trainer.student(), workdir)
-  summary = {"best_top1": progress["best_top1"], "best_epoch": progress["best_epoch"],
-             "last_top1": progress["last_top1"], "teacher_top1": progress["teacher_top1"],
-             "epochs": config.num_epochs, "seconds_this_session": time.perf_counter() - start}
+  result.seconds_this_session = time.perf_counter() - start
   if jax.process_index() == 0:
-    with open(summary_path, "w") as f:
-      json.dump(summary, f, indent=2)
-  logging.info("done: best top-1 %.2f%% (epoch %d), last %.2f%%", summary["best_top1"],
-               summary["best_epoch"], summary["last_top1"])
-  return summary
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump({k: v for k, v in dataclasses.asdict(result).items()
+                 if k not in ("stopped_at", "signal")}, f, indent=2)
+  logging.info("done: best top-1 %.2f%% (epoch %d), last %.2f%%", result.best_top1,
+               result.best_epoch, result.last_top1)
+  return result

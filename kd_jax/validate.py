@@ -8,12 +8,14 @@ import math
 import os
 
 import jax
+import ml_collections
 
 from kd_jax import data, methods, models
+from kd_jax.data import feeders
 from kd_jax.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
-DATASETS = (*data.DATASETS, "imagenet2012")
+DATASETS = tuple(feeders.DATASETS)
 
 
 def _positive(value):
@@ -77,7 +79,7 @@ def check(config):
       continue
     if isinstance(value, float) and not math.isfinite(value) or not test(value):
       raise UserError(f"config.{field}={value!r} must be {must_be}")
-  if config.data.dataset != "imagenet2012" and config.data.source not in data.SOURCES:
+  if config.data.dataset in data.DATASETS and config.data.source not in data.SOURCES:
     raise UserError(f"config.data.source={config.data.source!r} must be one of "
                     f"{', '.join(data.SOURCES)}")
   devices = jax.device_count()
@@ -96,9 +98,26 @@ def check(config):
   for model in (config.student.model, config.teacher.model):
     models.pooled_dim(model)  # an unknown name: UserError listing the valid ones
   method = methods.create(config.method)
+  if method.num_views > 1 and feeders.DATASETS[config.data.dataset][1] is feeders.HostFeeder:
+    raise UserError(f"method {config.method.name!r} makes {method.num_views} views of each image "
+                    f"on the device; {config.data.dataset} is augmented on the host")
   if method.needs_teacher:
     _check_teacher(config.teacher)
+    if not config.teacher.checkpoint:
+      check(teacher_bootstrap_config(config))
   return method
+
+
+def teacher_bootstrap_config(config):
+  """The run that trains a missing teacher first (smoke runs): the student's recipe with
+  plain CE on config.teacher.model for teacher.train_epochs, its decay epochs cut there."""
+  teacher = ml_collections.ConfigDict(config.to_dict())
+  teacher.method = ml_collections.ConfigDict(methods.defaults(methods.TEACHER_TRAINING))
+  teacher.student.model = config.teacher.model
+  teacher.num_epochs, teacher.teacher.train_epochs = config.teacher.train_epochs, 0
+  teacher.optim.decay_epochs = tuple(e for e in config.optim.decay_epochs
+                                     if e <= config.teacher.train_epochs)
+  return teacher
 
 
 def fetch_hint(path):

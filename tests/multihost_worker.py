@@ -24,7 +24,7 @@ def main():
   config.data.synthetic_train_size, config.data.synthetic_test_size = 64, 40
   config.batch_size, config.eval_batch_size, config.log_every_steps = 16, 16, 2
   summary = train.train_and_evaluate(config, workdir)
-  print("RESULT", jax.process_index(), summary["last_top1"], flush=True)
+  print("RESULT", jax.process_index(), summary.last_top1, flush=True)
 
 
 if __name__ == "__main__":

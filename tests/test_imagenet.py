@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+from absl import flags
 import numpy as np
 from PIL import Image
 import pytest
@@ -283,6 +284,8 @@ def test_bad_settings_are_user_errors():
 def test_worker_processes_give_the_same_batches_and_resume():
   kwargs = dict(source='synthetic', synthetic_size=24)
   expected = _take(_train(4, **kwargs), 5)
+  if not flags.FLAGS.is_parsed():  # as under absl.app (main.py): grain's workers read flags
+    flags.FLAGS.mark_as_parsed()
   iterator = _train(4, worker_count=2, **kwargs)
   _assert_same(_take(iterator, 3), expected[:3])
   state = iterator.get_state()

@@ -1,4 +1,6 @@
 """Each method's total equals its METHODS.md formula assembled by hand from kd_jax.losses."""
+import types
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -6,8 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kd_jax import class_means, data, losses, methods, models, train
-from kd_jax.methods import Aux, ModelOutput
+from kd_jax import data, losses, methods, models, train
+from kd_jax.data import feeders
+from kd_jax.methods import Aux, ModelOutput, Setup
+from kd_jax.methods import nd as nd_lib
 
 B, C, D = 8, 6, 5
 RNG = np.random.default_rng(0)
@@ -35,7 +39,7 @@ def _method(**fields):
   return methods.create(ml_collections.ConfigDict(fields))
 
 
-def _total(method, epoch=0, student=STUDENT, teacher=TEACHER, aux=Aux(class_means=MEANS)):
+def _total(method, epoch=0, student=STUDENT, teacher=TEACHER, aux=Aux(frozen={"class_means": MEANS})):
   total, metrics = method.loss(student, teacher, LABELS, jnp.asarray(epoch), aux)
   return float(total), metrics
 
@@ -116,12 +120,16 @@ def test_cskd_nd_adds_the_nd_term():
 
 def test_nd_projection_head_only_when_widths_differ():
   method = _method(name="kd_nd", nd_weight=2.0)
-  assert method.make_head(64, 64, nnx.Rngs(0)) is None
-  head = method.make_head(D, 7, nnx.Rngs(0))
+  feeder = types.SimpleNamespace(info=types.SimpleNamespace(image_size=32))
+  resnet8, resnet8x4 = (models.create(name, 10, rngs=nnx.Rngs(0)) for name in ("resnet8", "resnet8x4"))
+  assert method.extras(Setup(resnet8, resnet8, feeder, nnx.Rngs(0))) is None
+  wide = method.extras(Setup(resnet8, resnet8x4, feeder, nnx.Rngs(0)))
+  assert wide.linear.kernel.shape == (64, 256)
+  head = nd_lib.ProjectionHead(D, 7, nnx.Rngs(0), method.head_init)
   same_head = nnx.clone(head)  # same weights, BatchNorm state and dropout RNG
   teacher = ModelOutput(TEACHER.logits, {"pooled": jnp.asarray(np.abs(RNG.normal(size=(B, 7))))})
   means = jnp.asarray(np.abs(RNG.normal(size=(C, 7))), jnp.float32)
-  total, _ = _total(method, teacher=teacher, aux=Aux(head, means))  # epoch 0: KD weight 0
+  total, _ = _total(method, teacher=teacher, aux=Aux(head, {"class_means": means}))  # epoch 0: KD weight 0
   projected = same_head(STUDENT.features["pooled"], train=True)
   assert projected.shape == (B, 7)
   nd = float(losses.nd(projected, teacher.features["pooled"], means, LABELS))
@@ -132,7 +140,9 @@ def test_teacher_class_means_equal_numpy_per_class_means():
   """The class-mean pass (8 devices, padded batches) vs NumPy over the same features."""
   dataset = data.load("cifar10", "synthetic", synthetic_train_size=40, synthetic_test_size=8)
   teacher = models.create("resnet8", 10, rngs=nnx.Rngs(3))
-  means = class_means.teacher_class_means(teacher, dataset, train.data_mesh(), seed=5, batch_size=16)
+  config = ml_collections.ConfigDict(dict(seed=5, batch_size=16, eval_batch_size=16, data=dict(
+      dataset="cifar10", source="synthetic")))
+  means = nd_lib.teacher_class_means(teacher, feeders.DeviceFeeder(dataset, config, train.data_mesh()))
   key = jax.random.fold_in(jax.random.key(5), 0xC1A55)
   features, labels = [], []
   for number, (index, valid) in enumerate(data.eval_batches(40, 16)):

@@ -60,7 +60,7 @@ def test_sigterm_mid_run_checkpoints_and_resumes_to_identical_parameters(
   monkeypatch.setattr(MetricWriter, "write", write_then_preempt)
   workdir = str(tmp_path / "preempted")
   stopped = train.train_and_evaluate(config, workdir, dataset)
-  assert stopped["signal"] == signal.SIGTERM and stopped["stopped_at"] in (2, 3)
+  assert stopped.signal == signal.SIGTERM and stopped.stopped_at in (2, 3)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
   monkeypatch.setattr(MetricWriter, "write", original_write)
@@ -71,8 +71,8 @@ def test_sigterm_mid_run_checkpoints_and_resumes_to_identical_parameters(
   # summary's best/last are those of the log.
   evals = [[(r["epoch"], r["top1"]) for r in read_metrics(d, "eval")] for d in (straight_run, workdir)]
   assert evals[0] == evals[1] and [e for e, _ in evals[0]] == [1, 2]
-  assert summary["last_top1"] == evals[0][-1][1]
-  assert summary["best_top1"] == max(top1 for _, top1 in evals[0])
+  assert summary.last_top1 == evals[0][-1][1]
+  assert summary.best_top1 == max(top1 for _, top1 in evals[0])
 
 
 def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, config, dataset, straight_run):
@@ -103,7 +103,7 @@ def test_finished_run_refuses_another_config_naming_the_fields(config, dataset, 
   with pytest.raises(UserError, match=r"another config \(num_epochs 2 -> 3, optim.lr 0.05 -> 0.2\)"):
     train.train_and_evaluate(changed, straight_run, dataset)
   assert sorted(os.listdir(straight_run)) == before
-  assert train.train_and_evaluate(config, straight_run, dataset)["epochs"] == 2  # same: reports
+  assert train.train_and_evaluate(config, straight_run, dataset).epochs == 2  # same: reports
 
 
 def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path, config, dataset):
@@ -116,7 +116,7 @@ def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path, config,
     train.train_and_evaluate(changed, workdir, dataset)
   assert sorted(os.listdir(workdir)) == before
   stopped = train.train_and_evaluate(changed, workdir, dataset, max_steps=1, overwrite=True)
-  assert stopped["stopped_at"] == 1
+  assert stopped.stopped_at == 1
 
 
 @pytest.mark.parametrize("skip", [False, True])

@@ -15,6 +15,8 @@ import pytest
 
 from configs import cifar_cskd, cifar_kd, cifar_nd
 from kd_jax import checkpoint, data, methods, models, train
+from kd_jax import step as step_lib
+from kd_jax.data import feeders
 from kd_jax.metrics import read_metrics
 from kd_jax.models import layers
 
@@ -52,23 +54,24 @@ def test_one_step_on_8_devices_equals_1_device(config_module, dataset, teacher_d
   groups of 8 of the global batch of 16, as the authors' DataParallel (METHODS.md 5).
   """
   config = _tiny_config(config_module, teacher_dir)
-  teacher_model, class_means = "resnet8", None
+  teacher_model, frozen = "resnet8", None
   if config_module is cifar_nd:
     teacher_model, config.student.bn_group_size = "resnet8x4", 8
-    class_means = jax.random.normal(jax.random.key(3), (10, 256))
+    frozen = {"class_means": jax.random.normal(jax.random.key(3), (10, 256))}
   method = methods.create(config.method)
   teacher = (checkpoint.load_teacher(teacher_dir, "resnet8", 10) if teacher_model == "resnet8"
              else models.create(teacher_model, 10, rngs=nnx.Rngs(7)))
   results = []
   for devices in (jax.devices()[:1], jax.devices()[:8]):
     student = train.create_student(config, 10)
-    head = method.make_head(64, models.pooled_dim(teacher_model), nnx.Rngs(1))
-    trainer = train.Trainer(config, dataset, student, teacher, method, train.data_mesh(devices),
-                            head, class_means)
-    state, sums = trainer.train_step(trainer.state, trainer._zero_metrics(), trainer.teacher_state,
-                                     trainer.train_images, trainer.train_labels, trainer.permutation(0))
+    mesh = train.data_mesh(devices)
+    feeder = feeders.DeviceFeeder(dataset, config, mesh)
+    extras = method.extras(methods.Setup(student, teacher, feeder, nnx.Rngs(1)))
+    trainer = train.Trainer(config, feeder, student, teacher, method, mesh, extras, frozen)
+    state, sums = trainer.train_step(trainer.state, trainer.init_metric_sums(), trainer.frozen,
+                                     next(feeder.train_batches(0)))
     assert len(state.params["student"]["conv1"]["kernel"][...].sharding.device_set) == len(devices)
-    trainable = nnx.merge(trainer.student_def, state.params, state.model_state)
+    trainable = nnx.merge(trainer.trainable_def, state.params, state.model_state)
     assert {bn.group_size for _, bn in nnx.iter_graph(trainable)
             if isinstance(bn, layers.BatchNorm)} == {config.student.bn_group_size}
     results.append(jax.device_get((sums, state.params, state.model_state)))
@@ -90,7 +93,7 @@ def test_optimizer_is_pytorch_sgd_with_step_decay():
   import ml_collections  # pylint: disable=g-import-not-at-top
   optim = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
                                          decay_epochs=(2,), decay_factor=0.1))
-  optimizer, schedule = train.make_optimizer(optim, steps_per_epoch=3)
+  optimizer, schedule = step_lib.make_optimizer(optim, steps_per_epoch=3)
   assert [float(schedule(s)) for s in (0, 5, 6, 100)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
   params, grad = jnp.array([1.0, -2.0]), jnp.array([0.5, 0.25])
   state = optimizer.init(params)
@@ -191,11 +194,12 @@ def test_train_step_compiles_once(dataset, teacher_dir):
   """Fresh metric sums after a log point must not trigger a second compilation."""
   config = _tiny_config(cifar_kd, teacher_dir)
   teacher = checkpoint.load_teacher(teacher_dir, "resnet8", 10)
-  trainer = train.Trainer(config, dataset, models.create("resnet8", 10, rngs=nnx.Rngs(0)),
+  feeder = feeders.DeviceFeeder(dataset, config, train.data_mesh())
+  trainer = train.Trainer(config, feeder, models.create("resnet8", 10, rngs=nnx.Rngs(0)),
                           teacher, methods.create(config.method), train.data_mesh())
-  batch = next(trainer._train_batches(0))
-  sums = trainer._zero_metrics()
+  batch = next(feeder.train_batches(0))
+  sums = trainer.init_metric_sums()
   for reset in (False, False, True, False):  # as the loop: carry the sums, reset at a log
-    sums = trainer._zero_metrics() if reset else sums
-    trainer.state, sums = trainer.train_step(trainer.state, sums, trainer.teacher_state, *batch)
+    sums = trainer.init_metric_sums() if reset else sums
+    trainer.state, sums = trainer.train_step(trainer.state, sums, trainer.frozen, batch)
   assert trainer.train_step._cache_size() == 1

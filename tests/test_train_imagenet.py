@@ -31,8 +31,8 @@ def test_imagenet_pipeline_trains_and_resumes_mid_epoch_exactly(tmp_path):
   with tfds.testing.mock_data(num_examples=16):  # 2 steps per epoch, 2 epochs
     straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
     stopped = train.train_and_evaluate(config, str(tmp_path / "resumed"), max_steps=1)
-    assert stopped["stopped_at"] == 1
+    assert stopped.stopped_at == 1
     resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  assert straight["last_top1"] == resumed["last_top1"]
+  assert straight.last_top1 == resumed.last_top1
   for a, b in zip(_params(tmp_path / "straight"), _params(tmp_path / "resumed")):
     np.testing.assert_array_equal(a, b)

@@ -381,8 +381,9 @@ def _iter_dataset(batches: grain.MapDataset, num_threads: int,
   dataset = batches.to_iter_dataset(_read_options(num_threads))
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():
-      # grain's worker processes read absl flags; outside an absl app use the defaults.
-      flags.FLAGS.mark_as_parsed()
+      raise UserError('data loader worker_count > 0 needs parsed absl flags (grain reads them '
+                      'to start its workers): run under absl.app, or call '
+                      'absl.flags.FLAGS.mark_as_parsed() first')
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   elif worker_count < 0:
     raise UserError(f'data loader worker_count must be >= 0, got {worker_count}')
@@ -464,7 +465,7 @@ class TrainIterator(grain.DatasetIterator):
     super().close()
 
 
-def make_train_iterator(global_batch_size: int, *, seed: int, source: str = 'tfds',
+def make_train_iterator(global_batch_size: int, *, seed: int, records=None, source: str = 'tfds',
                         data_dir: str | None = None, image_size: int = 224,
                         num_epochs: int | None = None, process_index: int | None = None,
                         process_count: int | None = None, num_threads: int = 16,
@@ -475,7 +476,9 @@ def make_train_iterator(global_batch_size: int, *, seed: int, source: str = 'tfd
   Epoch e is a permutation of the train split drawn from (seed, e), cut into
   `steps_per_epoch` global batches (the remainder dropped); `num_epochs=None` repeats
   without end. Decoding runs on `num_threads` threads in each of `worker_count` worker
-  processes (0: in this process); process index/count default to jax's.
+  processes (0: in this process); process index/count default to jax's. `records` (a
+  random-access sequence of {'image', 'label'}) replaces the ImageNet split of `source`,
+  so any such dataset (e.g. kd_jax.data.image_folder) runs through this pipeline.
   """
   if seed < 0:
     raise UserError(f'data seed must be >= 0, got {seed}')
@@ -485,8 +488,9 @@ def make_train_iterator(global_batch_size: int, *, seed: int, source: str = 'tfd
     raise UserError(f'image_size must be >= 1, got {image_size}')
   process_index, process_count, local_batch = _host_slice(
       global_batch_size, process_index, process_count)
-  records = open_split('train', source, data_dir, synthetic_size=synthetic_size,
-                       synthetic_image_shape=synthetic_image_shape)
+  if records is None:
+    records = open_split('train', source, data_dir, synthetic_size=synthetic_size,
+                         synthetic_image_shape=synthetic_image_shape)
   order = _TrainOrder(len(records), global_batch_size, process_index, process_count, seed,
                       num_epochs or _FOREVER_EPOCHS)
   batches = (grain.MapDataset.source(order)
@@ -525,19 +529,20 @@ class EvalBatches:
     return iter(_iter_dataset(self._batches, self._num_threads, self._worker_count))
 
 
-def make_eval_batches(global_batch_size: int, *, source: str = 'tfds',
+def make_eval_batches(global_batch_size: int, *, records=None, source: str = 'tfds',
                       data_dir: str | None = None, split: str = 'validation',
                       image_size: int = 224, process_index: int | None = None,
                       process_count: int | None = None, num_threads: int = 16,
                       worker_count: int = 0, synthetic_size: int | None = None,
                       synthetic_image_shape: tuple[int, int] = (64, 64)) -> EvalBatches:
-  """This host's share of `split`, in order, padded to whole global batches."""
+  """This host's share of `split` (or of `records`), in order, padded to whole global batches."""
   if image_size < 1:
     raise UserError(f'image_size must be >= 1, got {image_size}')
   process_index, process_count, local_batch = _host_slice(
       global_batch_size, process_index, process_count)
-  records = open_split(split, source, data_dir, synthetic_size=synthetic_size,
-                       synthetic_image_shape=synthetic_image_shape)
+  if records is None:
+    records = open_split(split, source, data_dir, synthetic_size=synthetic_size,
+                         synthetic_image_shape=synthetic_image_shape)
   order = _EvalOrder(len(records), global_batch_size, process_index, process_count)
   batches = (grain.MapDataset.source(order)
              .map(_Read(records))

@@ -2,7 +2,7 @@
 import dataclasses
 
 from kd_jax.errors import UserError
-from kd_jax.methods.base import Aux, Method, ModelOutput, cross_entropy
+from kd_jax.methods.base import Aux, Method, ModelOutput, Setup, cross_entropy
 from kd_jax.methods.ce import CrossEntropy
 from kd_jax.methods.cskd import CSKD
 from kd_jax.methods.cskd_mv import CSKDMultiView
@@ -22,6 +22,21 @@ METHODS: dict[str, type[Method]] = {
     "dkd_nd": DKDND,
     "cskd_nd": CSKDND,
 }
+TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
+
+
+def defaults(name, **overrides) -> dict:
+  """`config.method` for method `name`: every field at its dataclass default, then
+  `overrides` (a recipe's settings). Configs start here, so config.json lists every
+  field a run used, and a misspelt field fails when the config is built."""
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+  fields = {f.name: f.default for f in dataclasses.fields(METHODS[name])}
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise ValueError(f"{', '.join(unknown)}: not a field of method {name!r}; valid: "
+                     f"{', '.join(fields) or 'none'}")
+  return {"name": name, **fields, **overrides}
 
 
 def create(method_config) -> Method:
@@ -48,4 +63,5 @@ def create(method_config) -> Method:
   return cls(**settings)
 
 
-__all__ = ["METHODS", "Aux", "Method", "ModelOutput", "create", "cross_entropy"]
+__all__ = ["METHODS", "Aux", "Method", "ModelOutput", "Setup", "create", "cross_entropy",
+           "defaults"]

@@ -8,15 +8,24 @@ step calls
 `student` / `teacher` are `ModelOutput`s (teacher None when `needs_teacher` is False);
 a method with `num_views = 2` gets a (weak, strong) pair of each instead, from its
 `views` (the augmentation is the method's choice). `epoch` is the
-0-based epoch as a traced integer (for warm-ups). `aux` carries what only some methods
-use: their trainable `head` (built by `make_head`, trained with the student) and
-teacher `class_means` (computed once when `needs_class_means`). `metrics` holds each
-loss term weighted as it enters the total, plus diagnostics that are not in the total.
+0-based epoch as a traced integer (for warm-ups). `metrics` holds each loss term
+weighted as it enters the total, plus diagnostics that are not in the total.
+
+A method owns its extras, built once before training from a `Setup`:
+  * `extras(setup)`: an nnx.Module trained with the student (ND's projection head,
+    FitNet's regressors). Its nnx.Params get gradients; its other nnx.Variables are
+    mutable state the loss may update in place (memory banks): both are saved in
+    checkpoints, neither in the final student.
+  * `frozen(setup)`: a pytree computed from the teacher and the data (ND's class
+    means), read by every step, never updated.
+The loss sees them as `aux.extras` and `aux.frozen`, with `aux.index` the dataset
+index of each example of the batch.
 """
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,9 +42,29 @@ class ModelOutput(NamedTuple):
 
 
 class Aux(NamedTuple):
-  """Per-method extras: a trainable head (nnx.Module) and teacher class means [C, d]."""
-  head: Any = None
-  class_means: Any = None
+  """What a loss may read beside the model outputs (see the module docstring)."""
+  extras: Any = None  # the module of Method.extras (or None)
+  frozen: Any = None  # the pytree of Method.frozen (or None)
+  index: Any = None  # int32 [B]: each example's index in the training split
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a method builds its extras from, once, before training."""
+  student: Any  # nnx.Module
+  teacher: Any  # nnx.Module, or None for methods without a teacher
+  feeder: Any  # kd_jax.data.feeders: info (classes, image size), train_pass()
+  rngs: nnx.Rngs
+  # cached(name, shape, compute) -> np.ndarray: compute() once per teacher x dataset,
+  # kept beside the teacher checkpoint (or in the workdir) and reused when it fits.
+  cached: Callable[[str, tuple, Callable[[], Any]], Any] = lambda name, shape, compute: compute()
+
+  def feature_shapes(self, model):
+    """The shapes of `model`'s features dict on a batch of 2 of this data's images."""
+    graphdef, state = nnx.split(model)
+    size = self.feeder.info.image_size
+    images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[1], state, images)
 
 
 def non_negative(default):
@@ -100,7 +129,6 @@ def linear_warmup(epoch, warmup_epochs):
 class Method:
   """Base class: subclasses declare their config fields as dataclass fields."""
   needs_teacher = True
-  needs_class_means = False
   num_views = 1
 
   def __post_init__(self):
@@ -110,13 +138,23 @@ class Method:
     """The augmented uint8 views of a raw batch: by default one, crop + flip (CIFAR)."""
     return [augment.random_crop_flip(key, images)]
 
-  def make_head(self, student_dim, teacher_dim, rngs):
-    """A trainable module used only by the loss (e.g. ND's projection), or None."""
-    del student_dim, teacher_dim, rngs
+  def extras(self, setup: Setup):
+    """The module trained with the student for this loss, or None."""
+    del setup
+    return None
+
+  def frozen(self, setup: Setup):
+    """The pytree this loss reads and never changes (from the teacher, the data), or None."""
+    del setup
     return None
 
   def loss(self, student, teacher, labels, epoch, aux: Aux):
     raise NotImplementedError
+
+  def describe_extras(self, student_dim, teacher_dim) -> dict[str, str]:
+    """Recipe-card lines {label: text} for the extras, given the pooled widths."""
+    del student_dim, teacher_dim
+    return {}
 
   def formula(self) -> str:
     """The total loss with this instance's weights, for the recipe card (e: 0-based epoch)."""

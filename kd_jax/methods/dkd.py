@@ -18,12 +18,15 @@ class DKD(Method):
   warmup_epochs: int = positive(20)
   standardize: bool = False
 
+  def warmup(self, epoch):
+    """min(1, e / warmup) with epochs counted from 1, as mdistiller counts them."""
+    return linear_warmup(epoch + 1, self.warmup_epochs)
+
   def loss(self, student, teacher, labels, epoch, aux):
     student_logits, teacher_logits = distillation_logits(student, teacher, self.standardize)
-    warmup = linear_warmup(epoch + 1, self.warmup_epochs)
     terms = {
         "ce": self.ce_weight * cross_entropy(student.logits, labels),
-        "dkd": warmup * losses.dkd(student_logits, teacher_logits, labels, self.alpha,
+        "dkd": self.warmup(epoch) * losses.dkd(student_logits, teacher_logits, labels, self.alpha,
                                    self.beta, self.temperature),
     }
     return sum(terms.values()), terms

@@ -17,11 +17,16 @@ class KD(Method):
   temperature: float = positive(4.0)
   standardize: bool = False
 
+  def kd_scale(self, epoch):
+    """The KD term's weight at `epoch` (KD++ warms it up)."""
+    del epoch
+    return self.kd_weight
+
   def loss(self, student, teacher, labels, epoch, aux):
     student_logits, teacher_logits = distillation_logits(student, teacher, self.standardize)
     terms = {
         "ce": self.ce_weight * cross_entropy(student.logits, labels),
-        "kd": self.kd_weight * losses.kd(student_logits, teacher_logits, self.temperature),
+        "kd": self.kd_scale(epoch) * losses.kd(student_logits, teacher_logits, self.temperature),
     }
     return sum(terms.values()), terms
 

@@ -18,69 +18,93 @@ from absl import flags
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 
-from kd_jax import checkpoint, data, train
+from kd_jax import checkpoint, evaluation, train
+from kd_jax.data import augment, feeders
 from kd_jax.errors import UserError
 
 
-def test_logits(model, dataset, batch_size=500):
-  """Float32 logits [N, C] of `model` (eval mode) on the test split, in order."""
-  graphdef, state = nnx.split(model)
-  mean, std = jnp.asarray(dataset.mean), jnp.asarray(dataset.std)
-
-  @jax.jit
-  def forward(state, images):
-    logits, _ = nnx.merge(graphdef, state)(data.normalize(images, mean, std), train=False)
-    return logits.astype(jnp.float32)
-
-  images = dataset.test_images
-  return np.concatenate([np.asarray(forward(state, images[i:i + batch_size]))
-                         for i in range(0, len(images), batch_size)])
-
-
-def metrics(logits, labels, teacher_logits=None):
-  """Top-1 / top-5 (%) and, with a teacher, the % of samples whose argmax agrees."""
-  top5 = np.argsort(-logits, axis=1)[:, :5]
-  result = {"top1": 100 * np.mean(top5[:, 0] == labels),
-            "top5": 100 * np.mean(np.any(top5 == labels[:, None], axis=1))}
+def batch_sums(logits, labels, mask, teacher_logits=None):
+  """classification_sums, and with a teacher its correct top-1 and argmax agreement."""
+  sums = evaluation.classification_sums(logits, labels, mask)
   if teacher_logits is not None:
-    result["teacher_top1"] = 100 * np.mean(np.argmax(teacher_logits, 1) == labels)
-    result["agreement"] = 100 * np.mean(np.argmax(teacher_logits, 1) == top5[:, 0])
+    teacher_top1 = jnp.argmax(teacher_logits, -1)
+    sums["teacher_top1"] = jnp.sum(mask * (teacher_top1 == labels))
+    sums["agreement"] = jnp.sum(mask * (teacher_top1 == jnp.argmax(logits, -1)))
+  return sums
+
+
+def as_percent(sums):
+  """Top-1 / top-5 (%) and, with a teacher, its top-1 and the % of argmax agreement."""
+  result = evaluation.as_percent(sums)
+  del result["ce"]
+  for name in ("teacher_top1", "agreement"):
+    if name in sums:
+      result[name] = 100 * float(sums[name]) / float(sums["count"])
   return result
 
 
-def _data_settings(flag):
-  """Dataset flags, defaulting to the run's config when --checkpoint is a run workdir."""
-  settings = {"dataset": flag.dataset, "source": flag.source, "data_dir": flag.data_dir}
+def metrics(logits, labels, teacher_logits=None):
+  """as_percent of batch_sums over one batch of given logits (every sample valid)."""
+  mask = jnp.ones(len(labels), jnp.float32)
+  return as_percent(jax.device_get(batch_sums(jnp.asarray(logits, jnp.float32),
+                                              jnp.asarray(labels), mask, teacher_logits)))
+
+
+def evaluate(model, feeder, teacher=None):
+  """as_percent over the feeder's test split, through kd_jax.evaluation's one path."""
+  mean, std = jnp.asarray(feeder.info.mean), jnp.asarray(feeder.info.std)
+  graphdef, state = nnx.split(model)
+  teacher_def, teacher_state = nnx.split(teacher) if teacher is not None else (None, None)
+
+  def sums(states, images, labels, mask):
+    inputs = augment.normalize(images, mean, std)
+    logits = nnx.merge(graphdef, states[0])(inputs, train=False)[0].astype(jnp.float32)
+    teacher_logits = None
+    if teacher_def is not None:
+      teacher_logits = nnx.merge(teacher_def, states[1])(inputs, train=False)[0]
+    return batch_sums(logits, labels, mask, teacher_logits)
+
+  totals = evaluation.total(evaluation.batch_sums(feeder, sums), (state, teacher_state),
+                            feeder.eval_batches())
+  return as_percent(totals)
+
+
+def _config(flag):
+  """The data part of a run config: the run's own (config.json) when --checkpoint is a
+  run workdir, with any dataset flag given overriding it; else from the flags."""
+  config = ml_collections.ConfigDict(dict(seed=0, batch_size=1, eval_batch_size=flag.batch_size))
+  config.data = ml_collections.ConfigDict(dict(
+      dataset=flag.dataset, source=flag.source, data_dir=flag.data_dir,
+      synthetic_train_size=512, synthetic_test_size=256))
   config_path = os.path.join(flag.checkpoint, "config.json")
   if os.path.isfile(config_path):
     with open(config_path) as f:
-      run_data = json.load(f)["data"]
-    for name in settings:
-      if not flag[name].present:
-        settings[name] = run_data[name]
-    settings["synthetic_train_size"] = run_data["synthetic_train_size"]
-    settings["synthetic_test_size"] = run_data["synthetic_test_size"]
-  settings["data_dir"] = settings["data_dir"] or None
-  return settings
+      run = json.load(f)
+    config.data = ml_collections.ConfigDict(run["data"])
+    for name in ("dataset", "source", "data_dir"):
+      if flag[name].present:
+        config.data[name] = flag[name].value
+    if not flag["batch_size"].present:
+      config.eval_batch_size = run["eval_batch_size"]
+  return config
 
 
 def main(argv):
   del argv
   flag = flags.FLAGS
   try:
-    dataset = data.load(**_data_settings(flag))
-    model = checkpoint.load_teacher(flag.checkpoint, flag.model, dataset.num_classes,
+    feeder = feeders.create(_config(flag), train.data_mesh())
+    model = checkpoint.load_teacher(flag.checkpoint, flag.model, feeder.info.num_classes,
                                     dtype=train.DTYPES[flag.dtype])
-    teacher_logits = None
+    teacher = None
     if flag.teacher:
-      teacher = checkpoint.load_teacher(flag.teacher, flag.teacher_model, dataset.num_classes)
-      teacher_logits = test_logits(teacher, dataset)
+      teacher = checkpoint.load_teacher(flag.teacher, flag.teacher_model, feeder.info.num_classes)
+    result = evaluate(model, feeder, teacher)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  result = metrics(test_logits(model, dataset), dataset.test_labels, teacher_logits)
   print("  ".join(f"{name} {value:.2f}%" for name, value in result.items()))
 
 
@@ -92,8 +116,9 @@ if __name__ == "__main__":
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                     "Compute dtype of --checkpoint's model (--teacher runs in float32): "
                     "the same file as both measures bfloat16's agreement with float32.")
-  flags.DEFINE_string("dataset", "cifar100", "cifar10 or cifar100.")
+  flags.DEFINE_string("dataset", "cifar100", "A dataset of kd_jax.data.feeders.DATASETS.")
   flags.DEFINE_string("source", "auto", "auto, folder, tfds or synthetic.")
   flags.DEFINE_string("data_dir", "", "Folder holding cifar-100-python/ (or TFDS data_dir).")
+  flags.DEFINE_integer("batch_size", 200, "Evaluation batch (a multiple of the device count).")
   flags.mark_flags_as_required(["checkpoint", "model"])
   app.run(main)

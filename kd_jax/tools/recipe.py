@@ -13,6 +13,7 @@ from absl import app
 from ml_collections import config_flags
 
 from kd_jax import methods, models
+from kd_jax.data import feeders
 from kd_jax.errors import UserError
 from kd_jax.tools import published
 
@@ -44,12 +45,10 @@ def card(config):
                                    if teacher.train_epochs else "no checkpoint set")
     lines.append(("teacher", f"{teacher.model} ({where}; {teacher.dtype}, frozen, eval mode)"))
     widths = models.pooled_dim(student.model), models.pooled_dim(teacher.model)
-    if method.needs_class_means and widths[0] != widths[1]:
-      lines.append(("head", f"BatchNorm1d -> Dropout(0.5) -> Linear({widths[0]} -> {widths[1]}), "
-                            f"init {method.head_init}; feeds ND only, not saved with the student"))
+    lines += method.describe_extras(*widths).items()
   data = config.data
   lines.append(("data", f"{data.dataset} (source {data.source})"))
-  if data.dataset == "imagenet2012":
+  if feeders.DATASETS[data.dataset][1] is feeders.HostFeeder:
     lines.append(("augmentation", f"random resized crop {data.image_size} + horizontal flip "
                                   "(host pipeline)"))
   else:

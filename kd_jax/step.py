@@ -1,0 +1,122 @@
+"""The train step as a pure function: `step(state, metric_sums, frozen, batch)`.
+
+Everything the step reads is an argument: the train state (donated), on-device running
+sums of the metrics (donated), `frozen` (teacher state and the method's frozen extras,
+never donated, never updated) and `batch` (what the feeder hands over for this step).
+The factory closes over static structure only: model graphs, the method, the optimizer,
+the feeder's jit-side view of a batch.
+"""
+from typing import Any
+
+import flax
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kd_jax.data import augment
+from kd_jax.methods import Aux, ModelOutput
+
+FIRST_NONFINITE = "first_nonfinite_step"  # reduced with min, not summed
+NEVER = np.iinfo(np.int32).max
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  model_state: Any  # BatchNorm statistics, dropout RNG counts, a method's mutable state
+  opt_state: Any
+
+
+def make_optimizer(optim, steps_per_epoch):
+  """SGD (momentum, optional Nesterov) + L2 weight decay on all parameters, as PyTorch's
+  SGD(weight_decay=...); lr x decay_factor from the first step of each decay epoch.
+
+  Returns (optimizer, schedule) so the loop can log the learning rate it used.
+  """
+  boundaries = {int(epoch * steps_per_epoch): optim.decay_factor for epoch in optim.decay_epochs}
+  schedule = optax.piecewise_constant_schedule(optim.lr, boundaries)
+  optimizer = optax.chain(optax.add_decayed_weights(optim.weight_decay),
+                          optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
+  return optimizer, schedule
+
+
+def frozen_inputs(teacher_state, extras):
+  """The step's `frozen` argument: what it reads and never changes."""
+  return {"teacher": teacher_state, "extras": extras}
+
+
+def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
+                    steps_per_epoch, skip_nonfinite=False):
+  """One optimizer step plus running sums of its metrics (no host sync between logs).
+
+  `trainable_def` is the graph of what the optimizer trains (student + the method's
+  extras module); `teacher_def` the frozen teacher's graph, or None. With
+  `metric_sums=None` the step returns this step's metrics instead of sums.
+  """
+  mean = jnp.asarray(feeder.info.mean, jnp.float32)
+  std = jnp.asarray(feeder.info.std, jnp.float32)
+  single = method.num_views == 1
+
+  def one_step(state, frozen, batch):
+    epoch = state.step // steps_per_epoch
+    views, targets, index = feeder.train_inputs(batch, state.step, method)
+    views = [augment.normalize(view, mean, std) for view in views]
+    teacher_out = None
+    if method.needs_teacher:
+      teacher = nnx.merge(teacher_def, frozen["teacher"])
+      teacher_out = [ModelOutput(*teacher(view, train=False)) for view in views]
+      teacher_out = jax.lax.stop_gradient(teacher_out[0] if single else tuple(teacher_out))
+    trainable = nnx.merge(trainable_def, state.params, state.model_state)
+
+    def loss_fn(trainable):
+      student_out = [ModelOutput(*trainable.student(view, train=True)) for view in views]
+      student_out = student_out[0] if single else tuple(student_out)
+      total, terms = method.loss(student_out, teacher_out, targets, epoch,
+                                 Aux(trainable.extras, frozen["extras"], index))
+      first = student_out if single else student_out[0]
+      return total, (terms, first.logits)
+
+    # nnx.value_and_grad: gradients w.r.t. the nnx.Params only; the other variables the
+    # forward pass updates (BatchNorm statistics, dropout RNG counts, a method's state)
+    # land back in `trainable`.
+    (total, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(trainable)
+    _, _, model_state = nnx.split(trainable, nnx.Param, ...)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              model_state=model_state, opt_state=opt_state)
+    finite = jnp.isfinite(total)
+    metrics = {"loss": total, **terms,
+               "top1": 100 * jnp.mean(jnp.argmax(logits, -1) == targets),
+               FIRST_NONFINITE: jnp.where(finite, NEVER, state.step)}
+    if skip_nonfinite:  # keep the old state, only count the step
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                               state.replace(step=new_state.step))
+      metrics["skipped_steps"] = 1 - finite.astype(jnp.int32)
+    return new_state, metrics
+
+  def step(state, metric_sums, frozen, batch):
+    state, metrics = one_step(state, frozen, batch)
+    if metric_sums is None:
+      return state, metrics
+    metric_sums = dict(metric_sums)
+    first = jnp.minimum(metric_sums.pop(FIRST_NONFINITE), metrics.pop(FIRST_NONFINITE))
+    return state, jax.tree.map(jnp.add, metric_sums, metrics) | {FIRST_NONFINITE: first}
+
+  return step
+
+
+def metric_shapes(step, state, frozen, batch):
+  """The shapes of `step`'s metrics (traced once, nothing run)."""
+  return jax.eval_shape(lambda s, f, b: step(s, None, f, b)[1], state, frozen, batch)
+
+
+def init_metric_sums(shapes, sharding):
+  """Zero sums of metrics of `shapes`, placed with `sharding` (as the step returns them:
+  fresh sums after a log point must not make the step compile again)."""
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  zeros[FIRST_NONFINITE] = jnp.asarray(NEVER, jnp.int32)
+  return jax.device_put(zeros, sharding)
