@@ -100,3 +100,108 @@ def dist(zs, zt, beta=1.0, gamma=1.0, T=1.0):
 def logit_standardize(z, eps=1e-7):
   z = np.asarray(z, np.float64)
   return (z - z.mean(1, keepdims=True)) / (z.std(1, ddof=1, keepdims=True) + eps)
+
+
+# ---------------------------------------------------------------- feature losses (METHODS.md 9)
+# Inputs are kd_jax's NHWC arrays; each function moves them to NCHW first and then
+# flattens the way the PyTorch code does, so a wrong axis order in kd_jax shows here.
+
+
+def nchw(x):
+  return np.transpose(np.asarray(x, np.float64), (0, 3, 1, 2))
+
+
+def unit(v, eps=1e-12):
+  """v / max(|v|, eps), torch F.normalize of one vector."""
+  return v / max(np.sqrt(np.sum(v * v)), eps)
+
+
+def adaptive_avg_pool_nchw(x, out_h, out_w):
+  """Cell (i, j) averages rows floor(i*H/out_h) .. ceil((i+1)*H/out_h) - 1, likewise columns."""
+  n, c, h, w = x.shape
+  out = np.zeros((n, c, out_h, out_w))
+  for i in range(out_h):
+    h0, h1 = int(np.floor(i * h / out_h)), int(np.ceil((i + 1) * h / out_h))
+    for j in range(out_w):
+      w0, w1 = int(np.floor(j * w / out_w)), int(np.ceil((j + 1) * w / out_w))
+      out[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+  return out
+
+
+def _pool_larger_by_height(fs, ft):
+  """The larger-H map pooled to (H, H) of the smaller, as the AT/NST reference code."""
+  if fs.shape[2] > ft.shape[2]:
+    fs = adaptive_avg_pool_nchw(fs, ft.shape[2], ft.shape[2])
+  elif fs.shape[2] < ft.shape[2]:
+    ft = adaptive_avg_pool_nchw(ft, fs.shape[2], fs.shape[2])
+  return fs, ft
+
+
+def at(fs, ft, p=2.0):
+  fs, ft = _pool_larger_by_height(nchw(fs), nchw(ft))
+  total, count = 0.0, 0
+  for b in range(fs.shape[0]):
+    a_s = unit((fs[b] ** p).mean(axis=0).ravel())  # [H, W] row-major
+    a_t = unit((ft[b] ** p).mean(axis=0).ravel())
+    total += np.sum((a_s - a_t) ** 2)
+    count += a_s.size
+  return total / count
+
+
+def nst(fs, ft):
+  fs, ft = _pool_larger_by_height(nchw(fs), nchw(ft))
+  batch = fs.shape[0]
+  vs = [[unit(fs[b, c].ravel()) for c in range(fs.shape[1])] for b in range(batch)]
+  vt = [[unit(ft[b, c].ravel()) for c in range(ft.shape[1])] for b in range(batch)]
+
+  def mean_kernel(x, y):
+    return np.mean([np.dot(x[b][i], y[b][j]) ** 2
+                    for b in range(batch) for i in range(len(x[b])) for j in range(len(y[b]))])
+
+  return mean_kernel(vt, vt) + mean_kernel(vs, vs) - 2 * mean_kernel(vs, vt)
+
+
+def sp(fs, ft):
+  batch = fs.shape[0]
+  fs, ft = nchw(fs).reshape(batch, -1), nchw(ft).reshape(batch, -1)
+  gs = np.stack([unit(row) for row in fs @ fs.T])
+  gt = np.stack([unit(row) for row in ft @ ft.T])
+  return np.sum((gt - gs) ** 2) / batch**2
+
+
+def pkt(fs, ft, eps=1e-7):
+  def probabilities(f):
+    f = np.asarray(f, np.float64).reshape(len(f), -1)
+    f = f / (np.linalg.norm(f, axis=1, keepdims=True) + eps)
+    k = np.array([[(np.dot(f[i], f[j]) + 1) / 2 for j in range(len(f))] for i in range(len(f))])
+    return k / k.sum(axis=1, keepdims=True)
+
+  p_s, p_t = probabilities(fs), probabilities(ft)
+  return np.mean(p_t * np.log((p_t + eps) / (p_s + eps)))
+
+
+def smooth_l1(x, y):
+  d = np.abs(np.asarray(x) - np.asarray(y))
+  return np.mean(np.where(d < 1, 0.5 * d * d, d - 0.5))
+
+
+def rkd(fs, ft, distance_weight=25.0, angle_weight=50.0, eps=1e-12):
+  """Batch >= 2 (one sample: no off-diagonal distance to average)."""
+  def relative_distances(e):
+    n = len(e)
+    d = np.zeros((n, n))
+    for i in range(n):
+      for j in range(n):
+        if i != j:
+          d[i, j] = np.sqrt(max(np.sum((e[i] - e[j]) ** 2), eps))
+    return d / d[~np.eye(n, dtype=bool)].mean()
+
+  def angles(e):
+    n = len(e)
+    return np.array([[[np.dot(unit(e[j] - e[i]), unit(e[k] - e[i])) for k in range(n)]
+                      for j in range(n)] for i in range(n)])
+
+  fs = np.asarray(fs, np.float64).reshape(len(fs), -1)
+  ft = np.asarray(ft, np.float64).reshape(len(ft), -1)
+  return (distance_weight * smooth_l1(relative_distances(fs), relative_distances(ft))
+          + angle_weight * smooth_l1(angles(fs), angles(ft)))

@@ -6,10 +6,11 @@ gradient. Keyword defaults are the papers' CIFAR-100 values.
 from kd_jax.losses.cosine import (batch_correlation_distance, class_correlation_distance,
                                   cskd, cswt_temperatures)
 from kd_jax.losses.feature import class_means, class_sums, nd
+from kd_jax.losses.feature_kd import at, nst, pkt, rkd, sp
 from kd_jax.losses.logit import dist, dkd, kd, logit_standardize
 
 __all__ = [
     "kd", "dkd", "cskd", "cswt_temperatures", "class_correlation_distance",
     "batch_correlation_distance", "nd", "class_means", "class_sums", "dist",
-    "logit_standardize",
+    "logit_standardize", "at", "nst", "sp", "pkt", "rkd",
 ]
