@@ -10,6 +10,12 @@ from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
 from kd_jax.methods.nd import CSKDND, DKDND, KDND
+from kd_jax.methods.at import AT
+from kd_jax.methods.fitnet import FitNet
+from kd_jax.methods.nst import NST
+from kd_jax.methods.pkt import PKT
+from kd_jax.methods.rkd import RKD
+from kd_jax.methods.sp import SP
 
 METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
@@ -21,6 +27,12 @@ METHODS: dict[str, type[Method]] = {
     "kd_nd": KDND,
     "dkd_nd": DKDND,
     "cskd_nd": CSKDND,
+    "fitnet": FitNet,
+    "at": AT,
+    "nst": NST,
+    "sp": SP,
+    "pkt": PKT,
+    "rkd": RKD,
 }
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 

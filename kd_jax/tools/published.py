@@ -2,8 +2,9 @@
 
 Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers up
 directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
-authors' README (KD++, DKD++) and the logit standardization README (+LS, CTKD, MLKD, and
-KD/DKD on its extra pairs); `SOURCES` names the one of each number. CIFAR entries are
+authors' README (KD++, DKD++), the logit standardization README (+LS, CTKD, MLKD, and
+KD/DKD on its extra pairs) and the CRD README (feature baselines, METHODS.md 9); `SOURCES`
+names the one of each number. CIFAR entries are
 CIFAR-100; `imagenet_*` entries are ImageNet-1k.
 """
 
@@ -37,6 +38,7 @@ DISTILLED = {}
 # Each table: ({method: source}, rows of (teacher, student, *numbers in method order)).
 _MDISTILLER, _ND = "mdistiller README", "ND authors' README"
 _LS = "logit standardization README"
+_CRD = "CRD README (RepDistiller), CIFAR-100 tables 1-2"
 _TABLES = (
     ({"KD": _MDISTILLER, "DKD": _MDISTILLER, "KD++": _ND, "DKD++": _ND}, (
          ("resnet56", "resnet20", 70.66, 71.97, 72.53, 72.16),
@@ -71,7 +73,25 @@ _TABLES = (
          ("vgg13", "MobileNetV2", None, None, 68.61, 69.98, 68.50, 68.98, 70.57, 70.94),
          ("ResNet50", "MobileNetV2", None, None, 69.02, 70.45, 68.67, 69.36, 71.04, 71.19),
      )),
+    # Feature baselines as RepDistiller ran them; its ResNet50 -> vgg8 column is left out
+    # (no kd_jax pair).
+    (dict.fromkeys(("FitNet", "AT", "SP", "RKD", "PKT", "NST"), _CRD), (
+         ("wrn_40_2", "wrn_16_2", 73.58, 74.08, 73.83, 73.35, 74.54, 73.68),
+         ("wrn_40_2", "wrn_40_1", 72.24, 72.77, 72.43, 72.22, 73.45, 72.24),
+         ("resnet56", "resnet20", 69.21, 70.55, 69.67, 69.61, 70.34, 69.60),
+         ("resnet110", "resnet20", 68.99, 70.22, 70.04, 69.25, 70.25, 69.53),
+         ("resnet110", "resnet32", 71.06, 72.31, 72.69, 71.82, 72.61, 71.96),
+         ("resnet32x4", "resnet8x4", 73.50, 73.44, 72.94, 71.90, 73.64, 73.30),
+         ("vgg13", "vgg8", 71.02, 71.43, 72.68, 71.48, 72.88, 71.53),
+         ("vgg13", "MobileNetV2", 64.14, 59.40, 66.30, 64.52, 67.13, 58.16),
+         ("ResNet50", "MobileNetV2", 63.16, 58.58, 68.08, 64.43, 66.52, 64.96),
+         ("resnet32x4", "ShuffleV1", 73.59, 71.73, 73.48, 72.28, 74.10, 74.12),
+         ("resnet32x4", "ShuffleV2", 73.54, 72.73, 74.56, 73.21, 74.69, 74.68),
+         ("wrn_40_2", "ShuffleV1", 73.73, 73.32, 74.52, 72.21, 73.89, 74.89),
+     )),
 )
+# config.method.name -> the published name of a method without variants (METHODS.md 9).
+NAMED = {"fitnet": "FitNet", "at": "AT", "nst": "NST", "sp": "SP", "pkt": "PKT", "rkd": "RKD"}
 SOURCES = {}  # (method, teacher, student) -> where the number was published
 for _sources, _rows in _TABLES:
   for _teacher, _student, *_numbers in _rows:
@@ -93,9 +113,12 @@ def published_method(method_config):
   """The published method a run's `config.method` reproduces ('KD', 'DKD++'...), or None.
 
   KD/DKD with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
-  the '++' variants, with logit standardization to '+LS'; any other method has none.
+  the '++' variants, with logit standardization to '+LS'; methods of NAMED map to their
+  published name; any other method has none.
   """
   name = str(method_config.get("name", "")).lower()
+  if name in NAMED:
+    return NAMED[name]
   if method_config.get("standardize"):
     return {"kd": "KD+LS", "dkd": "DKD+LS"}.get(name)
   with_nd = "++" in name or name.endswith("_nd") or name.endswith("pp")
