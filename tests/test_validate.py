@@ -12,14 +12,17 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_dist, cifar_dkd, cifar_kd, cifar_ls, cifar_nd
+from configs import (cifar_at, cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_dist, cifar_dkd, cifar_fitnet,
+                     cifar_kd, cifar_ls, cifar_nd, cifar_rkd)
 from kd_jax import checkpoint, validate
 from kd_jax.errors import UserError
 
 CONFIGS = [cifar_ce.get_config("smoke"), cifar_kd.get_config("smoke"), cifar_dkd.get_config("smoke"),
            cifar_dist.get_config("smoke"), cifar_cskd.get_config("smoke"),
            cifar_cskd_mv.get_config("smoke"), cifar_ls.get_config("dkd,smoke"),
-           cifar_nd.get_config("dkd_nd,smoke"), cifar_nd.get_config("cskd_nd,smoke")]
+           cifar_nd.get_config("dkd_nd,smoke"), cifar_nd.get_config("cskd_nd,smoke"),
+           cifar_fitnet.get_config("smoke"), cifar_at.get_config("smoke"),
+           cifar_rkd.get_config("smoke")]
 
 
 def _leaves(config, prefix=""):
@@ -70,7 +73,8 @@ def test_bad_values_of_every_field_are_one_line_user_errors(where, value, draw):
 # and the config docs, not from kd_jax.validate.
 ZERO_OK = ("bn_group_size", "train_epochs", "weight_decay", "momentum", "synthetic_train_size",
            "synthetic_test_size", "worker_count", "ce_weight", "kd_weight", "weight", "cc_weight",
-           "bc_weight", "nd_weight", "alpha", "beta", "gamma")
+           "bc_weight", "nd_weight", "alpha", "beta", "gamma", "feat_weight", "distance_weight",
+           "angle_weight", "hint_layer")
 
 
 def _acceptable(config, field, value):
