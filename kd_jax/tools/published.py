@@ -1,10 +1,10 @@
 """Published top-1 accuracies (%) to compare kd_jax runs against (METHODS.md section 8).
 
 Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers up
-directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
-authors' README (KD++, DKD++) and the logit standardization README (+LS, CTKD, MLKD, and
-KD/DKD on its extra pairs); `SOURCES` names the one of each number. CIFAR entries are
-CIFAR-100; `imagenet_*` entries are ImageNet-1k.
+directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD; CRD from
+the CRD README), the ND authors' README (KD++, DKD++) and the logit standardization README
+(+LS, CTKD, MLKD, and KD/DKD on its extra pairs); `SOURCES` names the one of each number.
+CIFAR entries are CIFAR-100; `imagenet_*` entries are ImageNet-1k.
 """
 
 # Teachers as published with the benchmarks' checkpoints.
@@ -37,6 +37,7 @@ DISTILLED = {}
 # Each table: ({method: source}, rows of (teacher, student, *numbers in method order)).
 _MDISTILLER, _ND = "mdistiller README", "ND authors' README"
 _LS = "logit standardization README"
+_CRD = "CRD README (RepDistiller), CIFAR-100 benchmark tables 1 and 2"
 _TABLES = (
     ({"KD": _MDISTILLER, "DKD": _MDISTILLER, "KD++": _ND, "DKD++": _ND}, (
          ("resnet56", "resnet20", 70.66, 71.97, 72.53, 72.16),
@@ -71,6 +72,16 @@ _TABLES = (
          ("vgg13", "MobileNetV2", None, None, 68.61, 69.98, 68.50, 68.98, 70.57, 70.94),
          ("ResNet50", "MobileNetV2", None, None, 69.02, 70.45, 68.67, 69.36, 71.04, 71.19),
      )),
+    # CRD alone (CE + 0.8 CRD, no KD term), both tables of the RepDistiller README.
+    ({"CRD": _CRD}, (
+         ("wrn_40_2", "wrn_16_2", 75.48), ("wrn_40_2", "wrn_40_1", 74.14),
+         ("resnet56", "resnet20", 71.16), ("resnet110", "resnet20", 71.46),
+         ("resnet110", "resnet32", 73.48), ("resnet32x4", "resnet8x4", 75.51),
+         ("vgg13", "vgg8", 73.94), ("vgg13", "MobileNetV2", 69.73),
+         ("ResNet50", "MobileNetV2", 69.11), ("ResNet50", "vgg8", 74.30),
+         ("resnet32x4", "ShuffleV1", 75.11), ("resnet32x4", "ShuffleV2", 75.65),
+         ("wrn_40_2", "ShuffleV1", 76.05),
+     )),
 )
 SOURCES = {}  # (method, teacher, student) -> where the number was published
 for _sources, _rows in _TABLES:
@@ -93,9 +104,12 @@ def published_method(method_config):
   """The published method a run's `config.method` reproduces ('KD', 'DKD++'...), or None.
 
   KD/DKD with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
-  the '++' variants, with logit standardization to '+LS'; any other method has none.
+  the '++' variants, with logit standardization to '+LS'; CRD to 'CRD' (or 'CRD+KD' with a
+  KD term); any other method has none.
   """
   name = str(method_config.get("name", "")).lower()
+  if name == "crd":  # the README's CRD has no KD term; CRD+KD (kd_weight > 0) is unlisted
+    return "CRD+KD" if method_config.get("kd_weight") else "CRD"
   if method_config.get("standardize"):
     return {"kd": "KD+LS", "dkd": "DKD+LS"}.get(name)
   with_nd = "++" in name or name.endswith("_nd") or name.endswith("pp")
