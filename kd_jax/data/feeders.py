@@ -8,6 +8,7 @@ A feeder gives the loop
   train_inputs(batch, step, method)   jit side: (uint8 views, labels, dataset indices)
   eval_batches()              the test split, each example once (padded, masked)
   train_pass()                one pass over the training split, augmented as for training
+  train_labels()              int32 [num_train]: the label of each training example, by index
   pass_inputs(batch)          jit side of both passes: (uint8 images, labels, float mask)
   state() / restore(state)    its position, saved with checkpoints (JSON or None)
 
@@ -77,6 +78,7 @@ class DeviceFeeder:
     self.steps_per_epoch = batching.steps_per_epoch(self.info.num_train, self._batch_size)
     self._sharding = _batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
+    self._train_labels = np.asarray(dataset.train_labels, np.int32)
     self._train = jax.device_put({"images": dataset.train_images,
                                   "labels": dataset.train_labels}, replicated)
     self._test = jax.device_put({"images": dataset.test_images,
@@ -118,6 +120,9 @@ class DeviceFeeder:
     if "key" in batch:  # the training split, augmented as for training
       images = augment.random_crop_flip(batch["key"], images)
     return images, batch["labels"][index], batch["mask"]
+
+  def train_labels(self):
+    return self._train_labels
 
   def state(self):
     return None  # the order is a function of (seed, epoch): nothing to save
@@ -188,6 +193,11 @@ class HostFeeder:
 
   def pass_inputs(self, batch):
     return batch["image"], batch["label"], batch["mask"]
+
+  def train_labels(self):
+    """The records' labels, by dataset index (reads every training record once)."""
+    records = self._train_records
+    return np.asarray([int(records[i]["label"]) for i in range(len(records))], np.int32)
 
   def state(self):
     return self._iterator.get_state()

@@ -4,6 +4,7 @@ import dataclasses
 from kd_jax.errors import UserError
 from kd_jax.methods.base import Aux, Method, ModelOutput, Setup, cross_entropy
 from kd_jax.methods.ce import CrossEntropy
+from kd_jax.methods.crd import CRD
 from kd_jax.methods.cskd import CSKD
 from kd_jax.methods.cskd_mv import CSKDMultiView
 from kd_jax.methods.dist import DIST
@@ -33,6 +34,7 @@ METHODS: dict[str, type[Method]] = {
     "sp": SP,
     "pkt": PKT,
     "rkd": RKD,
+    "crd": CRD,
 }
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 

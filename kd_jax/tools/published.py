@@ -3,9 +3,9 @@
 Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers up
 directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
 authors' README (KD++, DKD++), the logit standardization README (+LS, CTKD, MLKD, and
-KD/DKD on its extra pairs) and the CRD README (feature baselines, METHODS.md 9); `SOURCES`
-names the one of each number. CIFAR entries are
-CIFAR-100; `imagenet_*` entries are ImageNet-1k.
+KD/DKD on its extra pairs) and the CRD README (feature baselines and CRD, METHODS.md 9);
+`SOURCES` names the one of each number. CIFAR entries are CIFAR-100; `imagenet_*` entries
+are ImageNet-1k.
 """
 
 # Teachers as published with the benchmarks' checkpoints.
@@ -89,6 +89,16 @@ _TABLES = (
          ("resnet32x4", "ShuffleV2", 73.54, 72.73, 74.56, 73.21, 74.69, 74.68),
          ("wrn_40_2", "ShuffleV1", 73.73, 73.32, 74.52, 72.21, 73.89, 74.89),
      )),
+    # CRD alone (CE + 0.8 CRD, no KD term), both tables of the RepDistiller README.
+    ({"CRD": _CRD}, (
+         ("wrn_40_2", "wrn_16_2", 75.48), ("wrn_40_2", "wrn_40_1", 74.14),
+         ("resnet56", "resnet20", 71.16), ("resnet110", "resnet20", 71.46),
+         ("resnet110", "resnet32", 73.48), ("resnet32x4", "resnet8x4", 75.51),
+         ("vgg13", "vgg8", 73.94), ("vgg13", "MobileNetV2", 69.73),
+         ("ResNet50", "MobileNetV2", 69.11), ("ResNet50", "vgg8", 74.30),
+         ("resnet32x4", "ShuffleV1", 75.11), ("resnet32x4", "ShuffleV2", 75.65),
+         ("wrn_40_2", "ShuffleV1", 76.05),
+     )),
 )
 # config.method.name -> the published name of a method without variants (METHODS.md 9).
 NAMED = {"fitnet": "FitNet", "at": "AT", "nst": "NST", "sp": "SP", "pkt": "PKT", "rkd": "RKD"}
@@ -114,11 +124,13 @@ def published_method(method_config):
 
   KD/DKD with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
   the '++' variants, with logit standardization to '+LS'; methods of NAMED map to their
-  published name; any other method has none.
+  published name, CRD to 'CRD' (or 'CRD+KD' with a KD term); any other method has none.
   """
   name = str(method_config.get("name", "")).lower()
   if name in NAMED:
     return NAMED[name]
+  if name == "crd":  # the README's CRD has no KD term; CRD+KD (kd_weight > 0) is unlisted
+    return "CRD+KD" if method_config.get("kd_weight") else "CRD"
   if method_config.get("standardize"):
     return {"kd": "KD+LS", "dkd": "DKD+LS"}.get(name)
   with_nd = "++" in name or name.endswith("_nd") or name.endswith("pp")
