@@ -10,6 +10,7 @@ from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
 from kd_jax.methods.nd import CSKDND, DKDND, KDND
+from kd_jax.methods.reviewkd import ReviewKD
 
 METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
@@ -21,6 +22,7 @@ METHODS: dict[str, type[Method]] = {
     "kd_nd": KDND,
     "dkd_nd": DKDND,
     "cskd_nd": CSKDND,
+    "reviewkd": ReviewKD,
 }
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 

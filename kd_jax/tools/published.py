@@ -2,9 +2,9 @@
 
 Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers up
 directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
-authors' README (KD++, DKD++) and the logit standardization README (+LS, CTKD, MLKD, and
-KD/DKD on its extra pairs); `SOURCES` names the one of each number. CIFAR entries are
-CIFAR-100; `imagenet_*` entries are ImageNet-1k.
+authors' README (KD++, DKD++, and the ReviewKD row of its tables) and the logit
+standardization README (+LS, CTKD, MLKD, and KD/DKD on its extra pairs); `SOURCES` names
+the one of each number. CIFAR entries are CIFAR-100; `imagenet_*` entries are ImageNet-1k.
 """
 
 # Teachers as published with the benchmarks' checkpoints.
@@ -37,6 +37,7 @@ DISTILLED = {}
 # Each table: ({method: source}, rows of (teacher, student, *numbers in method order)).
 _MDISTILLER, _ND = "mdistiller README", "ND authors' README"
 _LS = "logit standardization README"
+_ND_REVIEWKD = "ND authors' README (ReviewKD row)"
 _TABLES = (
     ({"KD": _MDISTILLER, "DKD": _MDISTILLER, "KD++": _ND, "DKD++": _ND}, (
          ("resnet56", "resnet20", 70.66, 71.97, 72.53, 72.16),
@@ -71,6 +72,17 @@ _TABLES = (
          ("vgg13", "MobileNetV2", None, None, 68.61, 69.98, 68.50, 68.98, 70.57, 70.94),
          ("ResNet50", "MobileNetV2", None, None, 69.02, 70.45, 68.67, 69.36, 71.04, 71.19),
      )),
+    # The ReviewKD row of the ND authors' README tables (CIFAR-100 1.1, ImageNet 1.2).
+    ({"ReviewKD": _ND_REVIEWKD}, (
+         ("resnet56", "resnet20", 71.89),
+         ("wrn_40_2", "wrn_40_1", 75.09),
+         ("resnet32x4", "resnet8x4", 75.63),
+         ("ResNet50", "MobileNetV2", 69.89),
+         ("resnet32x4", "ShuffleV1", 77.45),
+         ("resnet32x4", "ShuffleV2", 77.78),
+         ("imagenet_resnet34", "imagenet_resnet18", 71.62),
+         ("imagenet_resnet50", "imagenet_mobilenetv1", 72.56),
+     )),
 )
 SOURCES = {}  # (method, teacher, student) -> where the number was published
 for _sources, _rows in _TABLES:
@@ -89,6 +101,10 @@ def dataset_of(model):
   return "imagenet" if model.startswith("imagenet_") else "cifar100"
 
 
+# kd_jax method name -> published method name, for the feature-distillation baselines.
+FEATURE_METHODS = {"reviewkd": "ReviewKD"}
+
+
 def published_method(method_config):
   """The published method a run's `config.method` reproduces ('KD', 'DKD++'...), or None.
 
@@ -96,6 +112,8 @@ def published_method(method_config):
   the '++' variants, with logit standardization to '+LS'; any other method has none.
   """
   name = str(method_config.get("name", "")).lower()
+  if name in FEATURE_METHODS:
+    return FEATURE_METHODS[name]
   if method_config.get("standardize"):
     return {"kd": "KD+LS", "dkd": "DKD+LS"}.get(name)
   with_nd = "++" in name or name.endswith("_nd") or name.endswith("pp")
