@@ -205,3 +205,21 @@ def rkd(fs, ft, distance_weight=25.0, angle_weight=50.0, eps=1e-12):
   ft = np.asarray(ft, np.float64).reshape(len(ft), -1)
   return (distance_weight * smooth_l1(relative_distances(fs), relative_distances(ft))
           + angle_weight * smooth_l1(angles(fs), angles(ft)))
+
+
+def hcl(student_maps, teacher_maps):
+  """ReviewKD's hierarchical context loss, level by level in NCHW (mdistiller hcl_loss)."""
+  total = 0.0
+  for fs, ft in zip(student_maps, teacher_maps):
+    fs, ft = nchw(fs), nchw(ft)
+    height = fs.shape[2]
+    level, weight, weights = np.mean((fs - ft) ** 2), 1.0, 1.0
+    for size in (4, 2, 1):
+      if size >= height:
+        continue
+      weight /= 2.0
+      level += weight * np.mean((adaptive_avg_pool_nchw(fs, size, size)
+                                 - adaptive_avg_pool_nchw(ft, size, size)) ** 2)
+      weights += weight
+    total += level / weights
+  return total

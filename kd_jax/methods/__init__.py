@@ -17,6 +17,7 @@ from kd_jax.methods.nst import NST
 from kd_jax.methods.pkt import PKT
 from kd_jax.methods.rkd import RKD
 from kd_jax.methods.sp import SP
+from kd_jax.methods.reviewkd import ReviewKD
 
 METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
@@ -35,6 +36,7 @@ METHODS: dict[str, type[Method]] = {
     "pkt": PKT,
     "rkd": RKD,
     "crd": CRD,
+    "reviewkd": ReviewKD,
 }
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 

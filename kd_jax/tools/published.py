@@ -3,7 +3,8 @@
 Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers up
 directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
 authors' README (KD++, DKD++), the logit standardization README (+LS, CTKD, MLKD, and
-KD/DKD on its extra pairs) and the CRD README (feature baselines and CRD, METHODS.md 9);
+KD/DKD on its extra pairs), the CRD README (feature baselines and CRD, METHODS.md 9) and
+the ReviewKD row of the ND authors' README;
 `SOURCES` names the one of each number. CIFAR entries are CIFAR-100; `imagenet_*` entries
 are ImageNet-1k.
 """
@@ -39,6 +40,7 @@ DISTILLED = {}
 _MDISTILLER, _ND = "mdistiller README", "ND authors' README"
 _LS = "logit standardization README"
 _CRD = "CRD README (RepDistiller), CIFAR-100 tables 1-2"
+_ND_REVIEWKD = "ND authors' README (ReviewKD row)"
 _TABLES = (
     ({"KD": _MDISTILLER, "DKD": _MDISTILLER, "KD++": _ND, "DKD++": _ND}, (
          ("resnet56", "resnet20", 70.66, 71.97, 72.53, 72.16),
@@ -99,9 +101,21 @@ _TABLES = (
          ("resnet32x4", "ShuffleV1", 75.11), ("resnet32x4", "ShuffleV2", 75.65),
          ("wrn_40_2", "ShuffleV1", 76.05),
      )),
+    # The ReviewKD row of the ND authors' README tables (CIFAR-100 1.1, ImageNet 1.2).
+    ({"ReviewKD": _ND_REVIEWKD}, (
+         ("resnet56", "resnet20", 71.89),
+         ("wrn_40_2", "wrn_40_1", 75.09),
+         ("resnet32x4", "resnet8x4", 75.63),
+         ("ResNet50", "MobileNetV2", 69.89),
+         ("resnet32x4", "ShuffleV1", 77.45),
+         ("resnet32x4", "ShuffleV2", 77.78),
+         ("imagenet_resnet34", "imagenet_resnet18", 71.62),
+         ("imagenet_resnet50", "imagenet_mobilenetv1", 72.56),
+     )),
 )
 # config.method.name -> the published name of a method without variants (METHODS.md 9).
-NAMED = {"fitnet": "FitNet", "at": "AT", "nst": "NST", "sp": "SP", "pkt": "PKT", "rkd": "RKD"}
+NAMED = {"fitnet": "FitNet", "at": "AT", "nst": "NST", "sp": "SP", "pkt": "PKT", "rkd": "RKD",
+         "reviewkd": "ReviewKD"}
 SOURCES = {}  # (method, teacher, student) -> where the number was published
 for _sources, _rows in _TABLES:
   for _teacher, _student, *_numbers in _rows:
@@ -117,6 +131,7 @@ PAIR_ORDER = tuple(dict.fromkeys((t, s) for _, rows in _TABLES for t, s, *_ in r
 def dataset_of(model):
   """The dataset the published numbers for `model` refer to."""
   return "imagenet" if model.startswith("imagenet_") else "cifar100"
+
 
 
 def published_method(method_config):
