@@ -9,7 +9,10 @@ from kd_jax.methods.cskd_mv import CSKDMultiView
 from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
+from kd_jax.methods.kdsvd import KDSVD
 from kd_jax.methods.nd import CSKDND, DKDND, KDND
+from kd_jax.methods.ofd import OFD
+from kd_jax.methods.vid import VID
 
 METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
@@ -21,6 +24,9 @@ METHODS: dict[str, type[Method]] = {
     "kd_nd": KDND,
     "dkd_nd": DKDND,
     "cskd_nd": CSKDND,
+    "vid": VID,
+    "kdsvd": KDSVD,
+    "ofd": OFD,
 }
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 

@@ -2,9 +2,11 @@
 
 Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers up
 directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
-authors' README (KD++, DKD++) and the logit standardization README (+LS, CTKD, MLKD, and
-KD/DKD on its extra pairs); `SOURCES` names the one of each number. CIFAR entries are
-CIFAR-100; `imagenet_*` entries are ImageNet-1k.
+authors' README (KD++, DKD++), the logit standardization README (+LS, CTKD, MLKD, and
+KD/DKD on its extra pairs) and the CRD README's benchmark tables (VID); `SOURCES` names
+the one of each number. KDSVD and OFD have none yet: the mdistiller README has no table for
+them and the DKD paper's was not read. CIFAR entries are CIFAR-100; `imagenet_*` entries
+are ImageNet-1k.
 """
 
 # Teachers as published with the benchmarks' checkpoints.
@@ -37,6 +39,7 @@ DISTILLED = {}
 # Each table: ({method: source}, rows of (teacher, student, *numbers in method order)).
 _MDISTILLER, _ND = "mdistiller README", "ND authors' README"
 _LS = "logit standardization README"
+_CRD = "CRD README (RepDistiller), CIFAR-100 benchmark tables"
 _TABLES = (
     ({"KD": _MDISTILLER, "DKD": _MDISTILLER, "KD++": _ND, "DKD++": _ND}, (
          ("resnet56", "resnet20", 70.66, 71.97, 72.53, 72.16),
@@ -71,6 +74,22 @@ _TABLES = (
          ("vgg13", "MobileNetV2", None, None, 68.61, 69.98, 68.50, 68.98, 70.57, 70.94),
          ("ResNet50", "MobileNetV2", None, None, 69.02, 70.45, 68.67, 69.36, 71.04, 71.19),
      )),
+    # RepDistiller README, tables 1 (same architecture) and 2 (different architecture).
+    ({"VID": _CRD}, (
+         ("wrn_40_2", "wrn_16_2", 74.11),
+         ("wrn_40_2", "wrn_40_1", 73.30),
+         ("resnet56", "resnet20", 70.38),
+         ("resnet110", "resnet20", 70.16),
+         ("resnet110", "resnet32", 72.61),
+         ("resnet32x4", "resnet8x4", 73.09),
+         ("vgg13", "vgg8", 71.23),
+         ("vgg13", "MobileNetV2", 65.56),
+         ("ResNet50", "MobileNetV2", 67.57),
+         ("ResNet50", "vgg8", 70.30),
+         ("resnet32x4", "ShuffleV1", 73.38),
+         ("resnet32x4", "ShuffleV2", 73.40),
+         ("wrn_40_2", "ShuffleV1", 73.61),
+     )),
 )
 SOURCES = {}  # (method, teacher, student) -> where the number was published
 for _sources, _rows in _TABLES:
@@ -79,6 +98,9 @@ for _sources, _rows in _TABLES:
       if _number is not None:
         DISTILLED[(_method, _teacher, _student)] = _number
         SOURCES[(_method, _teacher, _student)] = _sources[_method]
+
+# Feature-distillation methods: kd_jax method name -> the name in the tables above.
+FEATURE_METHODS = {"vid": "VID", "kdsvd": "KDSVD", "ofd": "OFD"}
 
 # Rows in table order (the benchmark's pairs, then the LS-only ones), for sorting.
 PAIR_ORDER = tuple(dict.fromkeys((t, s) for _, rows in _TABLES for t, s, *_ in rows))
@@ -96,6 +118,8 @@ def published_method(method_config):
   the '++' variants, with logit standardization to '+LS'; any other method has none.
   """
   name = str(method_config.get("name", "")).lower()
+  if name in FEATURE_METHODS:
+    return FEATURE_METHODS[name]
   if method_config.get("standardize"):
     return {"kd": "KD+LS", "dkd": "DKD+LS"}.get(name)
   with_nd = "++" in name or name.endswith("_nd") or name.endswith("pp")
