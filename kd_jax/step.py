@@ -67,7 +67,8 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
     teacher_out = None
     if method.needs_teacher:
       teacher = nnx.merge(teacher_def, frozen["teacher"])
-      teacher_out = [ModelOutput(*teacher(view, train=False)) for view in views]
+      teacher_out = [ModelOutput(*teacher(view, train=method.teacher_batch_statistics))
+                     for view in views]  # any BatchNorm statistics it updates are dropped
       teacher_out = jax.lax.stop_gradient(teacher_out[0] if single else tuple(teacher_out))
     trainable = nnx.merge(trainable_def, state.params, state.model_state)
 

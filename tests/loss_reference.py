@@ -223,3 +223,85 @@ def hcl(student_maps, teacher_maps):
       weights += weight
     total += level / weights
   return total
+
+
+# ------------------------------------------------- VID, KDSVD, OFD (METHODS.md 9, mdistiller)
+
+
+def vid(mean, ft, log_scale, eps=1e-5):
+  """mdistiller vid_loss after the regressor: NCHW, teacher pooled to (H, H) when larger."""
+  mean, ft = nchw(mean), nchw(ft)
+  if ft.shape[2] > mean.shape[2]:
+    ft = adaptive_avg_pool_nchw(ft, mean.shape[2], mean.shape[2])
+  var = np.log(1.0 + np.exp(np.asarray(log_scale, np.float64))) + eps
+  var = var.reshape(1, -1, 1, 1)
+  return np.mean(0.5 * ((mean - ft) ** 2 / var + np.log(var)))
+
+
+def _svd_view(f, n):
+  """mdistiller svd(): NCHW view(B, C*H, W), normalised top-n right vectors and values."""
+  f = nchw(f)
+  b, c, h, w = f.shape
+  vectors, values = [], []
+  for x in f.reshape(b, c * h, w):
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    k = min(n, len(s))
+    v = vt[:k].T  # [W, k]
+    vectors.append(v / np.maximum(np.linalg.norm(v, axis=0, keepdims=True), 1e-12))
+    values.append(s[:k] / max(np.linalg.norm(s[:k]), 1e-12))
+  return np.stack(vectors), np.stack(values)
+
+
+def kdsvd(student_maps, teacher_maps, k=1):
+  """mdistiller kdsvd_loss, teacher vectors oriented to a non-negative sum (kd_jax), maps of
+  unequal size pooled to the smaller (kd_jax)."""
+  losses, previous = [], None
+  batch = np.asarray(student_maps[0]).shape[0]
+  for fs, ft in zip(student_maps, teacher_maps):
+    fs, ft = np.asarray(fs, np.float64), np.asarray(ft, np.float64)
+    if fs.shape[1] != ft.shape[1]:
+      small = min(fs.shape[1], ft.shape[1])
+      pool = lambda f: np.transpose(adaptive_avg_pool_nchw(nchw(f), small, small), (0, 2, 3, 1))
+      fs, ft = (pool(fs) if fs.shape[1] > small else fs), (pool(ft) if ft.shape[1] > small else ft)
+    v_t, s_t = _svd_view(ft, k)
+    v_t = v_t * np.where(v_t.sum(axis=1, keepdims=True) < 0, -1.0, 1.0)
+    v_s, _ = _svd_view(fs, k + 3)
+    aligned = np.zeros_like(v_t)
+    for b in range(batch):
+      for j in range(v_t.shape[2]):
+        cosines = v_s[b].T @ v_t[b, :, j]
+        best = np.argmax(np.abs(cosines))
+        aligned[b, :, j] = np.sign(cosines[best]) * v_s[b, :, best]
+    v_s = aligned * s_t[:, None, :]
+    v_t = v_t * s_t[:, None, :]
+    if previous is not None:
+      v_sb, v_tb = previous
+      rbf = lambda a, c: np.exp(-(a[:, :, None, :] - c[:, None, :, :]) ** 2 / 8)
+      losses.append(np.sum((rbf(v_s, v_sb) - rbf(v_t, v_tb)) ** 2))
+    previous = v_s, v_t
+  return sum(loss / batch for loss in losses)
+
+
+def ofd_margin(scale, bias):
+  """mdistiller init_ofd_modules, channel by channel in Python floats."""
+  import math  # pylint: disable=g-import-not-at-top
+  margins = []
+  for s, m in zip(np.asarray(scale, np.float64), np.asarray(bias, np.float64)):
+    s = abs(float(s))
+    cdf = 0.5 * math.erfc((m / s) / math.sqrt(2))  # norm.cdf(-m / s)
+    if cdf > 0.001:
+      margins.append(-s * math.exp(-((m / s) ** 2) / 2) / math.sqrt(2 * math.pi) / cdf + m)
+    else:
+      margins.append(-3 * s)
+  return np.asarray(margins)
+
+
+def ofd(fs, ft, margin):
+  """mdistiller feat_loss on NCHW, the teacher pooled to the student's H x W."""
+  fs = nchw(fs)
+  ft = adaptive_avg_pool_nchw(nchw(ft), fs.shape[2], fs.shape[3])
+  m = np.asarray(margin, np.float64).reshape(1, -1, 1, 1)
+  loss = ((fs - m) ** 2 * ((fs > m) & (ft <= m))
+          + (fs - ft) ** 2 * ((fs > ft) & (ft > m) & (ft <= 0))
+          + (fs - ft) ** 2 * (ft > 0))
+  return np.abs(loss).mean(axis=0).sum()

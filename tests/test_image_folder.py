@@ -4,7 +4,6 @@ The folder is written here with Pillow: mixed formats, modes and resolutions, as
 one is, plus a stray non-image file.
 """
 import os
-import shutil
 import subprocess
 import sys
 

@@ -10,6 +10,7 @@ from kd_jax.methods.cskd_mv import CSKDMultiView
 from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
+from kd_jax.methods.kdsvd import KDSVD
 from kd_jax.methods.nd import CSKDND, DKDND, KDND
 from kd_jax.methods.at import AT
 from kd_jax.methods.fitnet import FitNet
@@ -18,6 +19,8 @@ from kd_jax.methods.pkt import PKT
 from kd_jax.methods.rkd import RKD
 from kd_jax.methods.sp import SP
 from kd_jax.methods.reviewkd import ReviewKD
+from kd_jax.methods.ofd import OFD
+from kd_jax.methods.vid import VID
 
 METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
@@ -37,6 +40,9 @@ METHODS: dict[str, type[Method]] = {
     "rkd": RKD,
     "crd": CRD,
     "reviewkd": ReviewKD,
+    "vid": VID,
+    "kdsvd": KDSVD,
+    "ofd": OFD,
 }
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 

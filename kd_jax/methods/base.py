@@ -130,6 +130,9 @@ class Method:
   """Base class: subclasses declare their config fields as dataclass fields."""
   needs_teacher = True
   num_views = 1
+  # True: the teacher's BatchNorms normalise with each batch's statistics (PyTorch train
+  # mode, as mdistiller's OFD leaves its teacher) instead of their running averages.
+  teacher_batch_statistics = False
 
   def __post_init__(self):
     check_fields(self)

@@ -67,6 +67,10 @@ class CifarResNet(nnx.Module):
         x, (self.layer1, self.layer2, self.layer3), train)
     return layers.classify(x, self.fc, stages, preacts)
 
+  def bn_before_relu(self):
+    """The BatchNorm feeding each of preact_stages[1:] (mdistiller get_bn_before_relu)."""
+    return [stage[-1].bn2 for stage in (self.layer1, self.layer2, self.layer3)]
+
 
 _SMALL = (16, 16, 32, 64)
 _WIDE = (32, 64, 128, 256)

@@ -91,6 +91,13 @@ class ImageNetResNet(nnx.Module):
       stages.append(x)
     return layers.classify(x, self.fc, stages, preacts)
 
+  def bn_before_relu(self):
+    """The last block's bn2 (basic) or bn3 (bottleneck) of layer1..4, feeding
+    preact_stages[1:]. mdistiller lists layer2..4 only; OFD aligns on the last stages."""
+    stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+    return [stage[-1].bn3 if isinstance(stage[-1], Bottleneck) else stage[-1].bn2
+            for stage in stages]
+
 
 def _factory(block, num_blocks):
   def make(num_classes, *, rngs, dtype=jnp.float32):

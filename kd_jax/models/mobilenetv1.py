@@ -60,6 +60,11 @@ class MobileNetV1(nnx.Module):
         x = layers.sequential(unit, x, train)
     return layers.classify(x, self.fc, stages, preacts)
 
+  def bn_before_relu(self):
+    """The pointwise BatchNorm of units 5, 11, 13, feeding preact_stages[1:]
+    (mdistiller's list also has unit 3's, the stage OFD drops as feats[0])."""
+    return [self.model[i][4] for i in _STAGE_UNITS[1:]]
+
 
 def mobilenet_v1(num_classes, *, rngs, dtype=jnp.float32):
   return MobileNetV1(num_classes, dtype=dtype, rngs=rngs)

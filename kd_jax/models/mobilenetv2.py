@@ -15,6 +15,7 @@ from kd_jax.models import layers
 # t None means the model's expansion argument (mdistiller's T).
 _SETTING = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
             (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1))
+_STAGE_BLOCKS = (1, 2, 4, 6)  # stages end after these blocks (mdistiller's feats)
 _CLASSIFIER_INIT = dict(kernel_init=layers.normal(0.01), bias_init=layers.ZEROS)
 
 
@@ -80,10 +81,15 @@ class MobileNetV2(nnx.Module):
     for i, stage in enumerate(self.blocks):
       for block in stage:
         x = block(x, train)
-      if i in (1, 2, 4, 6):
+      if i in _STAGE_BLOCKS:
         stages.append(x)
     x = layers.sequential(self.conv2, x, train)
     return layers.classify(x, self.classifier[0], stages, stages)
+
+  def bn_before_relu(self):
+    """The last BatchNorm of the stage-ending blocks 1, 2, 4, 6 (mdistiller
+    get_bn_before_relu; no ReLU follows them in this network)."""
+    return [self.blocks[i][-1].conv[-1] for i in _STAGE_BLOCKS]
 
 
 def mobile_half(num_classes, *, rngs, dtype=jnp.float32):

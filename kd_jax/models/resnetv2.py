@@ -87,6 +87,13 @@ class ResNetV2(nnx.Module):
         x, (self.layer1, self.layer2, self.layer3, self.layer4), train)
     return layers.classify(x, self.linear, stages, preacts)
 
+  def bn_before_relu(self):
+    """The BatchNorm feeding each of preact_stages[1:] (mdistiller get_bn_before_relu):
+    the last block's bn3 (bottleneck) or bn2 (basic block) of each stage."""
+    stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+    return [stage[-1].bn3 if isinstance(stage[-1], Bottleneck) else stage[-1].bn2
+            for stage in stages]
+
 
 def resnet18(num_classes, *, rngs, dtype=jnp.float32):
   return ResNetV2(BasicBlock, (2, 2, 2, 2), num_classes, dtype=dtype, rngs=rngs)

@@ -72,6 +72,14 @@ class ShuffleNetV1(nnx.Module):
         x, (self.layer1, self.layer2, self.layer3), train)
     return layers.classify(x, self.linear, stages, preacts)
 
+  def bn_before_relu(self):
+    """bn3 of each stage's last block, whose output plus the identity is preact_stages[1:].
+
+    mdistiller raises here (no OFD teacher); this is the ResNets' choice, the BatchNorm
+    on the residual branch.
+    """
+    return [stage[-1].bn3 for stage in (self.layer1, self.layer2, self.layer3)]
+
 
 def shuffle_v1(num_classes, *, rngs, dtype=jnp.float32):
   return ShuffleNetV1((240, 480, 960), (4, 8, 4), 3, num_classes, dtype=dtype, rngs=rngs)

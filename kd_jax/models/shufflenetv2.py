@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kd_jax.errors import UserError
 from kd_jax.models import layers
 
 _INIT = dict(kernel_init=layers.TORCH_DEFAULT)
@@ -98,6 +99,13 @@ class ShuffleNetV2(nnx.Module):
       preacts.append(preact)
     x = jax.nn.relu(self.bn2(self.conv2(x), use_running_average=ura))
     return layers.classify(x, self.linear, stages, preacts)
+
+  def bn_before_relu(self):
+    """None exists: half of each preact stage is the untouched (post-ReLU) split. As in
+    mdistiller, ShuffleV2 cannot be an OFD teacher."""
+    raise UserError("ShuffleV2 has no BatchNorm before the last ReLU of its stages (half "
+                    "of each stage bypasses it), so it cannot be an OFD teacher (as in "
+                    "mdistiller)")
 
 
 def shuffle_v2(num_classes, *, rngs, dtype=jnp.float32):

@@ -60,6 +60,10 @@ class VGG(nnx.Module):
       preacts.append(preact)
     return layers.classify(x, self.classifier, stages, preacts)
 
+  def bn_before_relu(self):
+    """The last BatchNorm of block1..4, making preact_stages[1:] (mdistiller)."""
+    return [block[-1] for block in (self.block1, self.block2, self.block3, self.block4)]
+
 
 def _factory(config):
   def make(num_classes, *, rngs, dtype=jnp.float32):

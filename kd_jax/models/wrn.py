@@ -87,6 +87,10 @@ class WideResNet(nnx.Module):
     p3 = self.bn1(f3, use_running_average=ura)
     return layers.classify(jax.nn.relu(p3), self.fc, (f0, f1, f2, f3), (f0, p1, p2, p3))
 
+  def bn_before_relu(self):
+    """The BatchNorms that make preact_stages[1:] (mdistiller get_bn_before_relu)."""
+    return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
 
 def _factory(depth, widen_factor):
   def make(num_classes, *, rngs, dtype=jnp.float32):

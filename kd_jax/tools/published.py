@@ -3,9 +3,9 @@
 Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers up
 directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
 authors' README (KD++, DKD++), the logit standardization README (+LS, CTKD, MLKD, and
-KD/DKD on its extra pairs), the CRD README (feature baselines and CRD, METHODS.md 9) and
-the ReviewKD row of the ND authors' README;
-`SOURCES` names the one of each number. CIFAR entries are CIFAR-100; `imagenet_*` entries
+KD/DKD on its extra pairs), the CRD README (feature baselines, VID and CRD,
+METHODS.md 9) and the ReviewKD row of the ND authors' README; `SOURCES` names the one
+of each number. CIFAR entries are CIFAR-100; `imagenet_*` entries
 are ImageNet-1k.
 """
 
@@ -112,10 +112,26 @@ _TABLES = (
          ("imagenet_resnet34", "imagenet_resnet18", 71.62),
          ("imagenet_resnet50", "imagenet_mobilenetv1", 72.56),
      )),
+    # RepDistiller README, tables 1 (same architecture) and 2 (different architecture).
+    ({"VID": _CRD}, (
+         ("wrn_40_2", "wrn_16_2", 74.11),
+         ("wrn_40_2", "wrn_40_1", 73.30),
+         ("resnet56", "resnet20", 70.38),
+         ("resnet110", "resnet20", 70.16),
+         ("resnet110", "resnet32", 72.61),
+         ("resnet32x4", "resnet8x4", 73.09),
+         ("vgg13", "vgg8", 71.23),
+         ("vgg13", "MobileNetV2", 65.56),
+         ("ResNet50", "MobileNetV2", 67.57),
+         ("ResNet50", "vgg8", 70.30),
+         ("resnet32x4", "ShuffleV1", 73.38),
+         ("resnet32x4", "ShuffleV2", 73.40),
+         ("wrn_40_2", "ShuffleV1", 73.61),
+     )),
 )
 # config.method.name -> the published name of a method without variants (METHODS.md 9).
 NAMED = {"fitnet": "FitNet", "at": "AT", "nst": "NST", "sp": "SP", "pkt": "PKT", "rkd": "RKD",
-         "reviewkd": "ReviewKD"}
+         "reviewkd": "ReviewKD", "vid": "VID", "kdsvd": "KDSVD", "ofd": "OFD"}
 SOURCES = {}  # (method, teacher, student) -> where the number was published
 for _sources, _rows in _TABLES:
   for _teacher, _student, *_numbers in _rows:

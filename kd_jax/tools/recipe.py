@@ -43,7 +43,9 @@ def card(config):
   if method.needs_teacher:
     where = teacher.checkpoint or (f"trained first for {teacher.train_epochs} epochs"
                                    if teacher.train_epochs else "no checkpoint set")
-    lines.append(("teacher", f"{teacher.model} ({where}; {teacher.dtype}, frozen, eval mode)"))
+    mode = ("BatchNorm on batch statistics" if method.teacher_batch_statistics
+            else "eval mode")
+    lines.append(("teacher", f"{teacher.model} ({where}; {teacher.dtype}, frozen, {mode})"))
     widths = models.pooled_dim(student.model), models.pooled_dim(teacher.model)
     lines += method.describe_extras(*widths).items()
   data = config.data
