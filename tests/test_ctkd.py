@@ -222,20 +222,24 @@ def test_instance_module_starts_at_mid_range_takes_no_student_gradient_and_learn
   module = temp_lib.InstanceTemperature(C, hidden=16, topk=100, rngs=nnx.Rngs(0))
   assert module.topk == C and module.hidden.kernel.shape == (2 * C, 16)
   student, teacher = _outputs()
-  labels = jnp.asarray(LABELS)
-  _, metrics = method.loss(student, teacher, labels, jnp.asarray(4), Aux(extras=module))
+
+  @nnx.jit
+  def run(module, student_logits):
+    loss = lambda m: method.loss(ModelOutput(student_logits, {}), teacher, jnp.asarray(LABELS),
+                                 jnp.asarray(4), Aux(extras=m))
+    (total, metrics), grads = nnx.value_and_grad(loss, has_aux=True)(module)
+    # how the module's output depends on the student logits (it must not)
+    raw = lambda m, s: jnp.sum(m(teacher.logits, s, jnp.float32(-1.0)))
+    return total, metrics, grads, nnx.grad(raw, argnums=1)(module, student_logits)
+
+  total, metrics, grads, raw_grad = run(module, student.logits)
   assert float(metrics["ctkd_t_mean"]) == pytest.approx(11.0) and float(metrics["ctkd_t_std"]) == 0
-  # the module's input carries no gradient to the student logits
-  raw_of_student = lambda m, s: jnp.sum(m(teacher.logits, s, jnp.float32(-1.0)))
-  np.testing.assert_array_equal(nnx.grad(raw_of_student, argnums=1)(module, student.logits), 0.0)
-  # its total is CE + kd_weight * the per-sample KD at T = 11 for every sample
-  total, _ = method.loss(student, teacher, labels, jnp.asarray(4), Aux(extras=module))
+  np.testing.assert_array_equal(raw_grad, 0.0)
+  # every sample at T = 11: CE + kd_weight * the README's per-sample KD
   expected = 0.1 * _np_ce(STUDENT, LABELS) + 0.9 * _np_kd_instance(STUDENT, TEACHER,
                                                                      np.full(B, 11.0))
   assert float(total) == pytest.approx(expected, rel=1e-5)
   # the (zero-initialised) last layer gets the reversed gradient: -lambda * d(0.9 KD)/dr
-  grads = nnx.grad(lambda m: method.loss(student, teacher, labels, jnp.asarray(4),
-                                         Aux(extras=m))[0])(module)
   dkd_dr = _numeric_grad(lambda r: 0.9 * _np_kd_instance(
       STUDENT, TEACHER, 1.0 + 20.0 / (1.0 + np.exp(-r))), np.zeros(B))
   lam = 1.0 - (math.cos(5 * math.pi / 10) + 1.0) / 2.0
