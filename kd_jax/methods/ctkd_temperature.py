@@ -55,8 +55,7 @@ def bounded(raw, t_start, t_end):
 class GlobalTemperature(nnx.Module):
   """One learnable temperature for every sample (CTKD Global_T; raw value 1 at init)."""
 
-  def __init__(self, rngs=None):
-    del rngs
+  def __init__(self):
     self.raw = nnx.Param(jnp.ones((), jnp.float32))
 
   def __call__(self, teacher_logits, student_logits, reversal_scale):
