@@ -1,4 +1,4 @@
-"""KD and DKD with logit standardization (Sun et al. CVPR 2024) on CIFAR-100 (METHODS.md 3b).
+"""KD, DKD and CTKD with logit standardization (Sun et al. CVPR 2024) on CIFAR-100 (METHODS.md 3b).
 
   python main.py --config=configs/cifar_ls.py:kd,res32x4_res8x4 --workdir=runs/kdls_res32x4_res8x4
 
@@ -8,10 +8,18 @@ with weight W, and for DKD multiplies *both* alpha and beta by W: KD+LS = 0.1 CE
 W KD(T); DKD+LS = CE + warm-up(20) (W TCKD + W beta NCKD)(T). The published runs use
 per-pair (T, W[, beta]), read from their log file names `logs/<KD|DKD>/<kd|dkd>,TEACHER,
 STUDENT,T,W[,BETA].txt`; pairs without a log keep the command-line defaults T = 2,
-W = 9 (and DKD's beta of configs/cifar_dkd.py). arg: 'kd,PAIR' or 'dkd,PAIR' (PAIR from
-configs/cifar_common.PAIRS or 'smoke').
+W = 9 (and DKD's beta of configs/cifar_dkd.py). CTKD+LS is their CTKD/ copy of the CTKD
+code (`scripts/run_cifar_distill.sh`: `-r 0.1 -a 9 -b 0 --kd_T 2`, global temperature):
+0.1 CE + W KD(T learnt), both sides z-scored. That code ignores `--kd_T` once the
+temperature is learnt, yet the logs (`logs/CTKD/ctkd,TEACHER,STUDENT,2,9.txt`) hold the
+learnt T at 2.00-2.07 from epoch 3 on: the run's floor was the base temperature, so
+t_start = T here, t_end 20 as their code (their epoch-1 T of 22-30 exceeds 2 + 20: a wider
+range was used, which only matters in the first two epochs). Their flag is inverted
+(`DistillKL() if opt.logit_stand else DistillKL_logit_stand()`): the script, without
+`--logit_stand`, standardizes. Three of the log files hold two 240-epoch runs appended.
+arg: 'kd,PAIR', 'dkd,PAIR' or 'ctkd,PAIR' (PAIR from configs/cifar_common.PAIRS or 'smoke').
 """
-from configs import cifar_common, cifar_dkd
+from configs import cifar_common, cifar_ctkd, cifar_dkd
 
 # pair -> (T, W): logs/KD/kd,<teacher>,<student>,T,W.txt
 KD_LS = {
@@ -48,6 +56,23 @@ DKD_LS = {
     "wrn40_2_res8x4": (2.0, 18.0, 2.0),
     "wrn40_2_mv2": (2.0, 15.0, 2.0),
 }
+# pair -> (T, W): logs/CTKD/ctkd,<teacher>,<student>,T,W.txt (T: the learnt T's floor)
+CTKD_LS = {
+    "res56_res20": (2.0, 9.0),
+    "res110_res32": (2.0, 9.0),
+    "res32x4_res8x4": (2.0, 9.0),
+    "wrn40_2_wrn16_2": (2.0, 9.0),
+    "wrn40_2_wrn40_1": (2.0, 9.0),
+    "vgg13_vgg8": (2.0, 9.0),
+    "vgg13_mv2": (2.0, 9.0),
+    "res50_mbv2": (2.0, 9.0),
+    "res32x4_shuv2": (2.0, 9.0),
+    "res110_res20": (2.0, 9.0),
+    "res32x4_wrn16_2": (2.0, 9.0),
+    "res32x4_wrn40_2": (2.0, 9.0),
+    "wrn40_2_res8x4": (2.0, 9.0),
+    "wrn40_2_mv2": (2.0, 9.0),
+}
 DEFAULT_T, DEFAULT_W = 2.0, 9.0  # tools/train.py --base-temp / --kd-weight defaults
 _REPO = "sunshangquan/logit-standardization-KD"
 
@@ -78,8 +103,13 @@ def get_config(arg="kd,res32x4_res8x4"):
     beta = config.method.beta if beta is None else beta
     config.method.update(dict(temperature=temperature, alpha=weight * config.method.alpha,
                               beta=weight * beta, standardize=True))
+  elif base == "ctkd":
+    config = cifar_ctkd.get_config(f"kd,{pair}")
+    values = CTKD_LS.get(pair)
+    temperature, weight = values or (DEFAULT_T, DEFAULT_W)
+    config.method.update(dict(kd_weight=weight, t_start=temperature, standardize=True))
   else:
-    raise ValueError(f"unknown base {base!r}; valid: kd, dkd")
+    raise ValueError(f"unknown base {base!r}; valid: kd, dkd, ctkd")
   if pair != "smoke":
     config.source = _log_name(base, config, values)
   return config

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from configs import (cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_dist, cifar_dkd, cifar_kd, cifar_ls,
-                     cifar_nd, imagenet_dkd, imagenet_kd, imagenet_nd)
+from configs import (cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_ctkd, cifar_dist, cifar_dkd,
+                     cifar_kd, cifar_ls, cifar_nd, imagenet_dkd, imagenet_kd, imagenet_nd)
 from kd_jax.tools import recipe
 
 # METHODS.md 6b: the benchmark's 11 pairs and the LS/MLKD tables' 5 more.
@@ -107,6 +107,31 @@ def test_logit_standardization_cards(pair):
   assert ("logs/DKD/dkd," in card["follows"]) == (pair in DKD_LS)
 
 
+# METHODS.md 10, zhengli97/CTKD scripts/run_cifar_distill.sh; CTKD+LS from the LS
+# repository's logs/CTKD/ctkd,TEACHER,STUDENT,2,9.txt (all 14 LS pairs).
+CTKD = "T learnt in ({0}, {1}) through gradient reversal (CTKD)"
+CTKD_TEMPERATURE = ("one learnable parameter r (init 1); T = {0} + 20 sigmoid(r); its gradient "
+                    "reversed and scaled by lambda(e) = 0 -> 1 along a half cosine over epochs "
+                    "1..10; trained by the student's SGD; not saved with the student")
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_ctkd_cards(pair):
+  student = PAIRS[pair][1]
+  card = _card(cifar_ctkd, pair)
+  _check(card, lr=_lr(student), epochs=240, batch=64, loss="0.1 CE + 0.9 KD(T), " + CTKD.format(1, 21))
+  assert card["temperature"] == CTKD_TEMPERATURE.format(1)
+  card = _card(cifar_ctkd, f"dkd,{pair}")
+  _check(card, lr=_lr(student), epochs=240, batch=64,
+         loss=f"1 CE + 1 DKD(alpha=1, beta={DKD_BETA.get(pair, 8)}, T), " + CTKD.format(1, 21))
+  card = _card(cifar_ls, f"ctkd,{pair}")
+  ls = ", both sides' logits z-scored per sample (LS)"
+  _check(card, lr=_lr(student), epochs=240, batch=64,
+         loss="0.1 CE + 9 KD(T), " + CTKD.format(2, 22) + ls)
+  assert card["temperature"] == CTKD_TEMPERATURE.format(2)
+  assert ("logs/CTKD/ctkd," in card["follows"]) == (pair in KD_LS)
+
+
 @pytest.mark.parametrize("pair", PAIRS)
 def test_nd_cards(pair):
   teacher, student = PAIRS[pair]
@@ -165,6 +190,9 @@ def test_published_number_and_source_on_the_card():
   assert _card(cifar_ls, "dkd,wrn40_2_res8x4")["published"] == (
       "DKD+LS 76.75 (logit standardization README)")
   assert _card(cifar_dkd, "vgg13_mv2")["published"] == "DKD 69.71 (mdistiller README)"
+  assert _card(cifar_ctkd, "vgg13_vgg8")["published"] == "CTKD 73.52 (logit standardization README)"
+  assert _card(cifar_ls, "ctkd,wrn40_2_mv2")["published"] == (
+      "CTKD+LS 69.53 (logit standardization README)")
   assert "published" not in _card(cifar_cskd, "res56_res20")
 
 

@@ -12,9 +12,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import (cifar_at, cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_dist, cifar_dkd, cifar_fitnet,
-                     cifar_kd, cifar_ls, cifar_nd, cifar_rkd)
-from kd_jax import checkpoint, validate
+from configs import (cifar_at, cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_ctkd, cifar_dist, cifar_dkd,
+                     cifar_fitnet, cifar_kd, cifar_ls, cifar_nd, cifar_rkd)
+from kd_jax import checkpoint, models, validate
 from kd_jax.errors import UserError
 
 CONFIGS = [cifar_ce.get_config("smoke"), cifar_kd.get_config("smoke"), cifar_dkd.get_config("smoke"),
@@ -22,7 +22,7 @@ CONFIGS = [cifar_ce.get_config("smoke"), cifar_kd.get_config("smoke"), cifar_dkd
            cifar_cskd_mv.get_config("smoke"), cifar_ls.get_config("dkd,smoke"),
            cifar_nd.get_config("dkd_nd,smoke"), cifar_nd.get_config("cskd_nd,smoke"),
            cifar_fitnet.get_config("smoke"), cifar_at.get_config("smoke"),
-           cifar_rkd.get_config("smoke")]
+           cifar_rkd.get_config("smoke"), cifar_ctkd.get_config("dkd,smoke")]
 
 
 def _leaves(config, prefix=""):
@@ -74,13 +74,15 @@ def test_bad_values_of_every_field_are_one_line_user_errors(where, value, draw):
 ZERO_OK = ("bn_group_size", "train_epochs", "weight_decay", "momentum", "synthetic_train_size",
            "synthetic_test_size", "worker_count", "ce_weight", "kd_weight", "weight", "cc_weight",
            "bc_weight", "nd_weight", "alpha", "beta", "gamma", "feat_weight", "distance_weight",
-           "angle_weight", "hint_layer")
+           "angle_weight", "hint_layer", "dkd_weight", "lambda_start", "lambda_end")
 
 
 def _acceptable(config, field, value):
   """Whether an accepted value is really valid, by an independent statement of the rules."""
   if field in FREE:
     return True
+  if field in ("student.model", "teacher.model") and value in models.names():
+    return True  # hypothesis also draws strings mined from the code: a real model's name
   if field == "optim.decay_epochs":
     epochs = list(value)
     return epochs == sorted(set(epochs)) and all(0 < e <= config.num_epochs for e in epochs)

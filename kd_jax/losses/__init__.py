@@ -7,14 +7,14 @@ from kd_jax.losses.cosine import (batch_correlation_distance, class_correlation_
                                   cskd, cswt_temperatures)
 from kd_jax.losses.feature import class_means, class_sums, nd
 from kd_jax.losses.feature_kd import at, nst, pkt, rkd, sp
-from kd_jax.losses.logit import dist, dkd, kd, logit_standardize
+from kd_jax.losses.logit import dist, dkd, kd, kd_instance_temperature, logit_standardize
 from kd_jax.losses.review import hcl
 from kd_jax.losses.ofd import ofd, ofd_margin
 from kd_jax.losses.svd import kdsvd
 from kd_jax.losses.vid import vid
 
 __all__ = [
-    "kd", "dkd", "cskd", "cswt_temperatures", "class_correlation_distance",
+    "kd", "kd_instance_temperature", "dkd", "cskd", "cswt_temperatures", "class_correlation_distance",
     "batch_correlation_distance", "nd", "class_means", "class_sums", "dist",
     "logit_standardize", "at", "nst", "sp", "pkt", "rkd", "hcl", "vid", "kdsvd", "ofd",
     "ofd_margin",

@@ -21,6 +21,18 @@ def kd(student_logits, teacher_logits, temperature=4.0):
   return temperature**2 * jnp.mean(_kl_rows(log_p_t, log_p_s))
 
 
+def kd_instance_temperature(student_logits, teacher_logits, temperatures, teacher_eps=1e-7):
+  """KD with one temperature per sample, as CTKD's instance-wise loss (its README's
+  `KL_Loss`): mean_b T_b^2 sum_c q_t (log q_t - log softmax(z_s/T_b)), q_t = softmax(z_t/T_b)
+  + teacher_eps. `temperatures` [B] may carry gradient (CTKD learns them)."""
+  student_logits, teacher_logits = as_float32(student_logits, frozen(teacher_logits))
+  temperatures = jnp.asarray(temperatures, jnp.float32)[:, None]
+  log_p_s = jax.nn.log_softmax(student_logits / temperatures, axis=-1)
+  q_t = jax.nn.softmax(teacher_logits / temperatures, axis=-1) + teacher_eps
+  rows = jnp.sum(q_t * (jnp.log(q_t) - log_p_s), axis=-1)
+  return jnp.mean(temperatures[:, 0]**2 * rows)
+
+
 def _binary_log_probs(scaled_logits, target_mask):
   """log [p_target, 1 - p_target] from logits, without forming 1 - p (stable at +-1e4)."""
   log_total = jax.nn.logsumexp(scaled_logits, axis=-1)

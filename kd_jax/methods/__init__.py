@@ -7,6 +7,7 @@ from kd_jax.methods.ce import CrossEntropy
 from kd_jax.methods.crd import CRD
 from kd_jax.methods.cskd import CSKD
 from kd_jax.methods.cskd_mv import CSKDMultiView
+from kd_jax.methods.ctkd import CTKD
 from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
@@ -43,6 +44,7 @@ METHODS: dict[str, type[Method]] = {
     "vid": VID,
     "kdsvd": KDSVD,
     "ofd": OFD,
+    "ctkd": CTKD,
 }
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 

@@ -8,6 +8,8 @@ the bands are over the seeds in the table; runs still going beside finished ones
                              the published number dashed in the same colour;
   <pair>_train_terms.png     each train loss term (loss, ce, kd, cskd...) over steps;
   <pair>_cswt_temperature.png  mean CSWT temperature ± its within-batch std (when logged);
+  <pair>_ctkd_temperature.png  CTKD's learnt temperature (mean ± within-batch std for the
+                             instance-wise one) and, dotted on a second axis, lambda;
   <pair>_feature_norms.png   ND feature norms, student (solid) vs teacher (dashed), when logged.
 """
 import math
@@ -28,7 +30,7 @@ from kd_jax.tools import summarize  # pylint: disable=g-import-not-at-top,wrong-
 
 # Train-record fields that are not loss terms.
 NOT_TERMS = ("step", "kind", "top1", "images_per_second", "lr", "cswt_t_mean", "cswt_t_std",
-             "student_norm", "teacher_norm")
+             "student_norm", "teacher_norm", "ctkd_t_mean", "ctkd_t_std", "ctkd_lambda")
 
 
 def mean_std_over_seeds(curves):
@@ -160,6 +162,38 @@ def plot_pair_of_fields(title, row, path, fields, labels, ylabel, band_field=Non
   return _save(figure, path)
 
 
+def plot_ctkd_temperature(title, row, path):
+  """CTKD's learnt temperature per method over steps (band: within-batch std, the
+  instance-wise module's spread), and on a second axis, dotted, the curriculum's lambda."""
+  methods = {m: runs for m, runs in row.items()
+             if any("ctkd_t_mean" in r for run in runs for r in run.train)}
+  if not methods:
+    return None
+  figure, axis = plt.subplots(figsize=(7, 4.5))
+  lambda_axis = axis.twinx()
+  colors = _colors(row)
+  for method, runs in sorted(methods.items()):
+    means = [c for c in (_train_curve(run, "ctkd_t_mean") for run in runs) if c]
+    xs, mean, std = mean_std_over_seeds(means)
+    spread = [c for c in (_train_curve(run, "ctkd_t_std") for run in runs) if c]
+    if spread:
+      spread = dict(zip(*mean_std_over_seeds(spread)[:2]))
+      std = np.array([spread.get(x, 0.0) for x in xs])
+    _band(axis, xs, mean, std, f"{method} T", colors[method])
+    lambdas = [c for c in (_train_curve(run, "ctkd_lambda") for run in runs) if c]
+    if lambdas:
+      xs, mean, _ = mean_std_over_seeds(lambdas)
+      lambda_axis.plot(xs, mean, color=colors[method], linestyle=":", linewidth=1.0,
+                       label=f"{method} lambda")
+  axis.set(title=title, xlabel="step", ylabel="temperature T")
+  lambda_axis.set_ylabel("curriculum lambda (dotted)")
+  axis.grid(alpha=0.3)
+  lines, labels = axis.get_legend_handles_labels()
+  more_lines, more_labels = lambda_axis.get_legend_handles_labels()
+  axis.legend(lines + more_lines, labels + more_labels, fontsize=8)
+  return _save(figure, path)
+
+
 def slug(text):
   return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-")
 
@@ -179,6 +213,8 @@ def plot_all(root, out):
         plot_pair_of_fields(f"CSWT temperature (mean ± batch std): {title}", counted,
                             base + "_cswt_temperature.png", ("cswt_t_mean",), ("",),
                             "temperature", band_field="cswt_t_std"),
+        plot_ctkd_temperature(f"CTKD temperature: {title}", counted,
+                              base + "_ctkd_temperature.png"),
         plot_pair_of_fields(f"ND feature norms: {title}", counted, base + "_feature_norms.png",
                             ("student_norm", "teacher_norm"), ("student", "teacher"),
                             "mean feature norm ‖f‖"),

@@ -155,13 +155,20 @@ def published_method(method_config):
 
   KD/DKD with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
   the '++' variants, with logit standardization to '+LS'; methods of NAMED map to their
-  published name, CRD to 'CRD' (or 'CRD+KD' with a KD term); any other method has none.
+  published name, CRD to 'CRD' (or 'CRD+KD' with a KD term), CTKD on KD with the global
+  temperature to 'CTKD' / 'CTKD+LS' (DKD+CTKD and the instance-wise temperature have no
+  published CIFAR number here); any other method has none.
   """
   name = str(method_config.get("name", "")).lower()
   if name in NAMED:
     return NAMED[name]
   if name == "crd":  # the README's CRD has no KD term; CRD+KD (kd_weight > 0) is unlisted
     return "CRD+KD" if method_config.get("kd_weight") else "CRD"
+  if name == "ctkd":  # the LS README's CTKD columns: KD base, global temperature
+    kd_base = not method_config.get("dkd_weight") and method_config.get("kd_weight")
+    if not kd_base or method_config.get("temperature_module", "global") != "global":
+      return None
+    return "CTKD+LS" if method_config.get("standardize") else "CTKD"
   if method_config.get("standardize"):
     return {"kd": "KD+LS", "dkd": "DKD+LS"}.get(name)
   with_nd = "++" in name or name.endswith("_nd") or name.endswith("pp")
