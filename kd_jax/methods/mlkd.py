@@ -46,25 +46,28 @@ class MLKD(MultiViewMethod):
   def loss(self, student, teacher, labels, epoch, aux):
     (student_weak, student_strong), (teacher_weak, teacher_strong) = student, teacher
     sample_fraction, class_fraction = median_masks(teacher_weak.logits)
+    # (student, teacher) logits per term: the KD terms' possibly standardized, CC/BC raw.
     kd_weak = distillation_logits(student_weak, teacher_weak, self.standardize)
     kd_strong = distillation_logits(student_strong, teacher_strong, self.standardize)
+    raw_weak = (student_weak.logits, teacher_weak.logits)
     temperatures = self.temperatures()
+    # The code's 'strong' KD sum: strong view for the first three T, weak view after.
+    strong_sum_views = [kd_strong] * STRONG_VIEW_TERMS + [kd_weak] * (
+        len(temperatures) - STRONG_VIEW_TERMS)
 
-    def summed(loss_fn, pairs_and_temperatures):
-      return sum(loss_fn(s, t, temperature) for (s, t), temperature in pairs_and_temperatures)
+    def over_temperatures(loss_fn, views):
+      return sum(loss_fn(s, t, temperature) for (s, t), temperature in zip(views, temperatures))
 
-    weak_logits = (student_weak.logits, teacher_weak.logits)
-    strong_pairs = [kd_strong] * STRONG_VIEW_TERMS + [kd_weak] * (len(temperatures)
-                                                                 - STRONG_VIEW_TERMS)
+    every_t = lambda pair: [pair] * len(temperatures)
     w = self.kd_weight
     terms = {
         "ce": self.ce_weight * both_views_cross_entropy(student, labels),
-        "kd_weak": sample_fraction * w * summed(losses.kd, [(kd_weak, t) for t in temperatures]),
-        "kd_strong": w * summed(losses.kd, zip(strong_pairs, temperatures)),
-        "cc_weak": class_fraction * w * summed(losses.class_consistency,
-                                               [(weak_logits, t) for t in temperatures]),
-        "bc_weak": sample_fraction * w * summed(losses.batch_consistency,
-                                                [(weak_logits, t) for t in temperatures]),
+        "kd_weak": sample_fraction * w * over_temperatures(losses.kd, every_t(kd_weak)),
+        "kd_strong": w * over_temperatures(losses.kd, strong_sum_views),
+        "cc_weak": class_fraction * w * over_temperatures(losses.class_consistency,
+                                                          every_t(raw_weak)),
+        "bc_weak": sample_fraction * w * over_temperatures(losses.batch_consistency,
+                                                           every_t(raw_weak)),
     }
     diagnostics = {"sample_mask": sample_fraction, "class_mask": class_fraction}
     return sum(terms.values()), terms | diagnostics
