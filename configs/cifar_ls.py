@@ -1,4 +1,4 @@
-"""KD, DKD and CTKD with logit standardization (Sun et al. CVPR 2024) on CIFAR-100 (METHODS.md 3b).
+"""KD, DKD, CTKD and MLKD with logit standardization (Sun et al. CVPR 2024) on CIFAR-100 (METHODS.md 3b).
 
   python main.py --config=configs/cifar_ls.py:kd,res32x4_res8x4 --workdir=runs/kdls_res32x4_res8x4
 
@@ -17,9 +17,13 @@ t_start = T here, t_end 20 as their code (their epoch-1 T of 22-30 exceeds 2 + 2
 range was used, which only matters in the first two epochs). Their flag is inverted
 (`DistillKL() if opt.logit_stand else DistillKL_logit_stand()`): the script, without
 `--logit_stand`, standardizes. Three of the log files hold two 240-epoch runs appended.
-arg: 'kd,PAIR', 'dkd,PAIR' or 'ctkd,PAIR' (PAIR from configs/cifar_common.PAIRS or 'smoke').
+MLKD+LS = MLKD (configs/cifar_mlkd.py) with the KD terms on z-scored logits at T_cfg = T
+and every distillation weight W (LS's tools/train.py sets KD.TEMPERATURE and
+KD.LOSS.KD_WEIGHT), on the schedule of LS's own MLKD configs.
+arg: 'kd,PAIR', 'dkd,PAIR', 'ctkd,PAIR' or 'mlkd,PAIR' (PAIR from
+configs/cifar_common.PAIRS or 'smoke').
 """
-from configs import cifar_common, cifar_ctkd, cifar_dkd
+from configs import cifar_common, cifar_ctkd, cifar_dkd, cifar_mlkd
 
 # pair -> (T, W): logs/KD/kd,<teacher>,<student>,T,W.txt
 KD_LS = {
@@ -73,6 +77,23 @@ CTKD_LS = {
     "wrn40_2_res8x4": (2.0, 9.0),
     "wrn40_2_mv2": (2.0, 9.0),
 }
+# pair -> (T, W, log): logs/MLKD/<log>; the log names abbreviate some models (res110,
+# res50, mv2), so the file is named in full. res56_res20 and wrn40_2_mv2 are in the README
+# table without a log: they keep the defaults, as the shuv1 pairs the table lacks.
+MLKD_LS = {
+    "res110_res32": (2.0, 9.0, "mlkd,res110,res32,2,9.txt"),
+    "res32x4_res8x4": (2.0, 9.0, "mlkd,resnet32x4,resnet8x4,2,9.txt"),
+    "wrn40_2_wrn16_2": (2.0, 9.0, "mlkd,wrn_40_2,wrn_16_2,2,9.txt"),
+    "wrn40_2_wrn40_1": (2.0, 9.0, "mlkd,wrn_40_2,wrn_40_1,2,9.txt"),
+    "vgg13_vgg8": (2.0, 6.0, "mlkd,vgg13,vgg8,2,6.txt"),
+    "vgg13_mv2": (2.0, 6.0, "mlkd,vgg13,MobileNetV2,2,6.txt"),
+    "res50_mbv2": (2.0, 9.0, "mlkd,res50,mv2,2,9.txt"),
+    "res32x4_shuv2": (2.0, 6.0, "mlkd,resnet32x4,ShuffleV2,2,6.txt"),
+    "res110_res20": (2.0, 9.0, "mlkd,res110,res20,2,9.txt"),
+    "res32x4_wrn16_2": (2.0, 9.0, "mlkd,resnet32x4,wrn_16_2,2,9.txt"),
+    "res32x4_wrn40_2": (2.0, 9.0, "mlkd,resnet32x4,wrn_40_2,2,9.txt"),
+    "wrn40_2_res8x4": (2.0, 9.0, "mlkd,wrn_40_2,resnet8x4,2,9.txt"),
+}
 DEFAULT_T, DEFAULT_W = 2.0, 9.0  # tools/train.py --base-temp / --kd-weight defaults
 _REPO = "sunshangquan/logit-standardization-KD"
 
@@ -108,8 +129,19 @@ def get_config(arg="kd,res32x4_res8x4"):
     values = CTKD_LS.get(pair)
     temperature, weight = values or (DEFAULT_T, DEFAULT_W)
     config.method.update(dict(kd_weight=weight, t_start=temperature, standardize=True))
+  elif base == "mlkd":
+    values = MLKD_LS.get(pair)
+    temperature, weight, log = values or (DEFAULT_T, DEFAULT_W, None)
+    config = cifar_mlkd.get_config(pair, cifar_mlkd.LS_SCHEDULES, temperature=temperature,
+                                   kd_weight=weight, standardize=True)
+    if pair != "smoke":
+      schedule = cifar_mlkd.LS_SCHEDULES[pair][2].removeprefix(_REPO + " ")
+      setting = (f"{_REPO} logs/MLKD/{log}" if log
+                 else f"{_REPO}: no published log for this pair; its defaults T 2, W 9")
+      config.source = f"{setting}; schedule {schedule}"
+    return config
   else:
-    raise ValueError(f"unknown base {base!r}; valid: kd, dkd, ctkd")
+    raise ValueError(f"unknown base {base!r}; valid: kd, dkd, ctkd, mlkd")
   if pair != "smoke":
     config.source = _log_name(base, config, values)
   return config

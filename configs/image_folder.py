@@ -3,9 +3,9 @@
   python main.py --config=configs/image_folder.py:kd --config.data.data_dir=~/tiny-imagenet-200
 
 arg: 'METHOD' or 'METHOD,smoke', METHOD a name of kd_jax.methods.METHODS at its dataclass
-defaults (override with --config.method.<field>=...). Every method but cskd_mv runs here:
-its second (strong) view is made on the device from raw images, and these are augmented
-on the host. Data: DIR/train/<class>/*.jpg|png and DIR/val/<class>/..., any resolution,
+defaults (override with --config.method.<field>=...). Every method but the multi-view
+ones (cskd_mv, mlkd) runs here: their second (strong) view is made on the device from raw
+images, and these are augmented on the host. Data: DIR/train/<class>/*.jpg|png and DIR/val/<class>/..., any resolution,
 random-resized-crop (train) or resize + center crop (eval) to data.image_size.
 
 Not a published recipe: the ImageNet one (ResNet-34 -> ResNet-18, SGD, step decay) at

@@ -77,6 +77,20 @@ def gram_distance(zs, zt, T, over_classes):
   return 1 - np.mean([abs_cos(gt[r], gs[r]) for r in range(len(gs))])
 
 
+
+def consistency(zs, zt, T, over_classes):
+  """MLKD's cc_loss / bc_loss: sum of squared Gram differences, one entry at a time,
+  over the number of rows (classes for cc, samples for bc)."""
+  ps, pt = softmax(zs, T), softmax(zt, T)
+  if over_classes:
+    ps, pt = ps.T, pt.T  # rows = classes: G[i, j] = sum_b p[b, i] p[b, j]
+  rows = len(ps)
+  total = 0.0
+  for i in range(rows):
+    for j in range(rows):
+      total += (np.dot(pt[i], pt[j]) - np.dot(ps[i], ps[j])) ** 2
+  return total / rows
+
 def nd(fs, ft, means, y):
   total = 0.0
   for i in range(len(fs)):

@@ -172,7 +172,7 @@ def trained_teacher(folder, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in methods.METHODS if n != "cskd_mv"])
+@pytest.mark.parametrize("name", [n for n in methods.METHODS if methods.METHODS[n].num_views == 1])
 def test_every_method_runs_on_a_folder_from_main(folder, trained_teacher, tmp_path, name):
   result = _main(f"--config=configs/image_folder.py:{name},smoke", f"--workdir={tmp_path}",
                  f"--config.data.data_dir={folder[0]}",

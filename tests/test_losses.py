@@ -38,6 +38,10 @@ CASES = {
                       lambda s, t: ref.gram_distance(s, t, PER_SAMPLE_T, over_classes=True)),
     "bc": (lambda s, t: losses.batch_correlation_distance(s, t, 2.0),
            lambda s, t: ref.gram_distance(s, t, 2.0, over_classes=False)),
+    "class_consistency": (lambda s, t: losses.class_consistency(s, t, 4.0),
+                          lambda s, t: ref.consistency(s, t, 4.0, over_classes=True)),
+    "batch_consistency": (lambda s, t: losses.batch_consistency(s, t, 3.0),
+                          lambda s, t: ref.consistency(s, t, 3.0, over_classes=False)),
     "dist": (losses.dist, ref.dist),
     "dist_T4": (lambda s, t: losses.dist(s, t, beta=2.0, gamma=0.5, temperature=4.0),
                 lambda s, t: ref.dist(s, t, 2.0, 0.5, 4.0)),
@@ -75,7 +79,8 @@ def test_teacher_gets_no_gradient(name):
   np.testing.assert_array_equal(grad, 0.0)
 
 
-@pytest.mark.parametrize("name", ["kd_T4", "dkd", "cskd_T4", "cskd_per_sample", "cc", "bc", "dist", "ls_kd"])
+@pytest.mark.parametrize("name", ["kd_T4", "dkd", "cskd_T4", "cskd_per_sample", "cc", "bc", "dist", "ls_kd",
+                                  "class_consistency", "batch_consistency"])
 def test_zero_when_student_equals_teacher(name):
   fn, _ = CASES[name]
   value = fn(TEACHER, TEACHER)

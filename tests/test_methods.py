@@ -12,6 +12,8 @@ from kd_jax import data, losses, methods, models, train
 from kd_jax.data import feeders
 from kd_jax.methods import Aux, ModelOutput, Setup
 from kd_jax.methods import nd as nd_lib
+from kd_jax.methods.multi_view import MultiViewMethod
+from tests import loss_reference as ref
 
 B, C, D = 8, 6, 5
 RNG = np.random.default_rng(0)
@@ -97,6 +99,44 @@ def test_cskd_multi_view_matches_the_reference_assembly():
   assert total == pytest.approx(expected, rel=1e-5)
   assert float(metrics["sample_mask"]) == pytest.approx(m)
   assert float(metrics["class_mask"]) == pytest.approx(c)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_mlkd_matches_the_hand_assembly(standardize):
+  """kd_jax/methods/mlkd.py's formula from the float64 NumPy references: five temperatures,
+  the 'strong' sum's T = 2 and 6 on the weak view, CC/BC on raw logits, LS on KD only."""
+  temperature, weight = (2.0, 9.0) if standardize else (4.0, 0.9)
+  method = _method(name="mlkd", ce_weight=0.1, kd_weight=weight, temperature=temperature,
+                   standardize=standardize)
+  total, metrics = _total(method, student=(STUDENT, STUDENT_STRONG), teacher=(TEACHER, TEACHER_STRONG))
+  sw, ss, tw, ts = (np.asarray(x.logits) for x in (STUDENT, STUDENT_STRONG, TEACHER, TEACHER_STRONG))
+  z = ref.logit_standardize if standardize else (lambda x: x)
+  p = ref.softmax(tw)
+  m = np.mean(p.max(1) <= np.percentile(p.max(1), 50))
+  c = np.mean(p.sum(0) <= np.percentile(p.sum(0), 50))
+  temps = (temperature, 3.0, 5.0, 2.0, 6.0)
+  expected = {
+      "ce": 0.1 * (_ce(sw, LABELS) + _ce(ss, LABELS)),
+      "kd_weak": m * weight * sum(ref.kd(z(sw), z(tw), t) for t in temps),
+      "kd_strong": weight * (ref.kd(z(ss), z(ts), temperature) + ref.kd(z(ss), z(ts), 3.0)
+                             + ref.kd(z(ss), z(ts), 5.0) + ref.kd(z(sw), z(tw), 2.0)
+                             + ref.kd(z(sw), z(tw), 6.0)),
+      "cc_weak": c * weight * sum(ref.consistency(sw, tw, t, True) for t in temps),
+      "bc_weak": m * weight * sum(ref.consistency(sw, tw, t, False) for t in temps),
+  }
+  for name, value in expected.items():
+    assert float(metrics[name]) == pytest.approx(value, rel=1e-5), name
+  assert total == pytest.approx(sum(expected.values()), rel=1e-5)
+  assert float(metrics["sample_mask"]) == pytest.approx(m)
+  assert float(metrics["class_mask"]) == pytest.approx(c)
+
+
+def test_mlkd_and_cskd_mv_share_one_multi_view_pipeline():
+  """Views (and their recipe-card text) come from methods/multi_view.py for both."""
+  for name in ("mlkd", "cskd_mv"):
+    cls = methods.METHODS[name]
+    assert issubclass(cls, MultiViewMethod) and cls.num_views == 2
+    assert cls.views is MultiViewMethod.views and cls.describe_views is MultiViewMethod.describe_views
 
 
 @pytest.mark.parametrize("epoch", [0, 10, 30])

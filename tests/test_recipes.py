@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from configs import (cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_ctkd, cifar_dist, cifar_dkd,
-                     cifar_kd, cifar_ls, cifar_nd, imagenet_dkd, imagenet_kd, imagenet_nd)
+                     cifar_kd, cifar_ls, cifar_mlkd, cifar_nd, imagenet_dkd, imagenet_kd,
+                     imagenet_nd)
 from kd_jax.tools import recipe
 
 # METHODS.md 6b: the benchmark's 11 pairs and the LS/MLKD tables' 5 more.
@@ -41,6 +42,19 @@ DKD_LS = {"res56_res20": (3, 18, 2), "res110_res32": (2, 15, 2), "res32x4_res8x4
           "vgg13_mv2": (3, 9, 2), "res50_mbv2": (2, 15, 2), "res32x4_shuv2": (2, 9, 8),
           "res110_res20": (2, 15, 2), "res32x4_wrn16_2": (2, 9, 2), "res32x4_wrn40_2": (2, 9, 8),
           "wrn40_2_res8x4": (2, 18, 2), "wrn40_2_mv2": (2, 15, 2)}
+# MLKD (epochs, lr): Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/*.yaml for
+# the 11 pairs it has, the LS repository's configs/cifar100/mlkd/*.yaml for the other 5.
+MLKD = {"res56_res20": (240, 0.025), "res110_res32": (240, 0.025), "res32x4_res8x4": (240, 0.025),
+        "wrn40_2_wrn16_2": (240, 0.025), "wrn40_2_wrn40_1": (240, 0.025), "vgg13_vgg8": (240, 0.025),
+        "res32x4_shuv1": (960, 0.01), "wrn40_2_shuv1": (480, 0.01), "vgg13_mv2": (480, 0.01),
+        "res50_mbv2": (480, 0.01), "res32x4_shuv2": (960, 0.01), "res110_res20": (480, 0.025),
+        "res32x4_wrn16_2": (480, 0.025), "res32x4_wrn40_2": (480, 0.025),
+        "wrn40_2_res8x4": (480, 0.025), "wrn40_2_mv2": (480, 0.005)}
+# MLKD+LS (T, W) from logs/MLKD/ of the LS repository (res56_res20, wrn40_2_mv2: no log).
+MLKD_LS = {"res110_res32": (2, 9), "res32x4_res8x4": (2, 9), "wrn40_2_wrn16_2": (2, 9),
+           "wrn40_2_wrn40_1": (2, 9), "vgg13_vgg8": (2, 6), "vgg13_mv2": (2, 6), "res50_mbv2": (2, 9),
+           "res32x4_shuv2": (2, 6), "res110_res20": (2, 9), "res32x4_wrn16_2": (2, 9),
+           "res32x4_wrn40_2": (2, 9), "wrn40_2_res8x4": (2, 9)}
 SGD = "SGD momentum 0.9, weight decay 0.0005 on all parameters"
 NESTEROV = "SGD momentum 0.9, Nesterov, weight decay 0.0005 on all parameters"
 CSWT = "T_i = CSWT in [2, 6]"
@@ -89,6 +103,40 @@ def test_multi_view_cskd_cards(pair):
   _check(card, lr=_lr(student, 0.025), epochs=480, batch=64, loss=card["loss"])
   assert card["loss"].startswith(loss + f", {CSWT} from the weak view")
   assert card["augmentation"].endswith("RandAugment(2 ops) + cutout (public_code)")
+
+
+def _mlkd_loss(temperature, weight):
+  strong = f"KD_strong({temperature}) + KD_strong(3) + KD_strong(5) + KD_weak(2) + KD_weak(6)"
+  return (f"0.1 [CE(weak) + CE(strong)] + {weight} sum_T [m KD_weak(T) + c CC_weak(T) + "
+          f"m BC_weak(T)] + {weight} [{strong}], T in ({temperature}, 3, 5, 2, 6), m / c = "
+          "sample / class confidence masks of the teacher's weak view")
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_mlkd_cards(pair):
+  epochs, lr = MLKD[pair]
+  card = _card(cifar_mlkd, pair)
+  _check(card, lr=lr, epochs=epochs, batch=64, loss=_mlkd_loss(4, 0.9))
+  assert card["augmentation"].endswith("RandAugment(2 ops) + cutout (public_code)")
+  ls_only = ("res110_res20", "res32x4_wrn16_2", "res32x4_wrn40_2", "wrn40_2_res8x4", "wrn40_2_mv2")
+  assert card["follows"].startswith(
+      "sunshangquan/logit-standardization-KD configs/cifar100/mlkd/" if pair in ls_only
+      else "Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/")
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_mlkd_logit_standardization_cards(pair):
+  """LS's own MLKD configs: 480 epochs (960 for resnet32x4 -> ShuffleNet), lr 0.025, 0.01
+  for small students and vgg13 -> vgg8, 0.005 for wrn_40_2 -> MobileNetV2."""
+  student = PAIRS[pair][1]
+  epochs = 960 if pair in ("res32x4_shuv1", "res32x4_shuv2") else 480
+  lr = {"vgg13_vgg8": 0.01, "wrn40_2_mv2": 0.005}.get(pair, _lr(student, 0.025))
+  temperature, weight = MLKD_LS.get(pair, (2, 9))
+  card = _card(cifar_ls, f"mlkd,{pair}")
+  _check(card, lr=lr, epochs=epochs, batch=64, loss=_mlkd_loss(temperature, weight)
+         + ", KD terms on both sides' logits z-scored per sample (LS)")
+  assert ("logs/MLKD/mlkd," in card["follows"]) == (pair in MLKD_LS)
+  assert "schedule configs/cifar100/mlkd/" in card["follows"]
 
 
 @pytest.mark.parametrize("pair", PAIRS)
@@ -194,6 +242,10 @@ def test_published_number_and_source_on_the_card():
   assert _card(cifar_ls, "ctkd,wrn40_2_mv2")["published"] == (
       "CTKD+LS 69.53 (logit standardization README)")
   assert "published" not in _card(cifar_cskd, "res56_res20")
+  assert _card(cifar_mlkd, "res32x4_res8x4")["published"] == "MLKD 77.08 (logit standardization README)"
+  assert _card(cifar_ls, "mlkd,wrn40_2_mv2")["published"] == (
+      "MLKD+LS 71.61 (logit standardization README)")
+  assert "published" not in _card(cifar_mlkd, "res32x4_shuv1")  # not in the LS table
 
 
 def test_recipe_command_prints_the_card_and_refuses_bad_input_in_one_line():

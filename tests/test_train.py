@@ -184,7 +184,8 @@ def test_unwritable_workdir_is_one_line(tmp_path):
                                     "cifar_ls.py:dkd,smoke", "cifar_nd.py:kd_nd,smoke",
                                     "cifar_nd.py:dkd_nd,smoke", "cifar_nd.py:cskd_nd,smoke",
                                     "cifar_cskd_mv.py:smoke", "cifar_ctkd.py:smoke",
-                                    "cifar_ctkd.py:dkd,smoke", "cifar_ls.py:ctkd,smoke"])
+                                    "cifar_ctkd.py:dkd,smoke", "cifar_ls.py:ctkd,smoke",
+                                    "cifar_mlkd.py:smoke"])
 def test_every_smoke_config_runs_from_main(tmp_path, config):
   result = _main(f"--config=configs/{config}", f"--workdir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]

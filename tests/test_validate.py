@@ -22,7 +22,8 @@ CONFIGS = [cifar_ce.get_config("smoke"), cifar_kd.get_config("smoke"), cifar_dkd
            cifar_cskd_mv.get_config("smoke"), cifar_ls.get_config("dkd,smoke"),
            cifar_nd.get_config("dkd_nd,smoke"), cifar_nd.get_config("cskd_nd,smoke"),
            cifar_fitnet.get_config("smoke"), cifar_at.get_config("smoke"),
-           cifar_rkd.get_config("smoke"), cifar_ctkd.get_config("dkd,smoke")]
+           cifar_rkd.get_config("smoke"), cifar_ctkd.get_config("dkd,smoke"),
+           cifar_ls.get_config("mlkd,smoke")]
 
 
 def _leaves(config, prefix=""):

@@ -3,6 +3,7 @@
 No Flax, no config, no collectives; float32 inside; teacher arguments never carry
 gradient. Keyword defaults are the papers' CIFAR-100 values.
 """
+from kd_jax.losses.consistency import batch_consistency, class_consistency
 from kd_jax.losses.cosine import (batch_correlation_distance, class_correlation_distance,
                                   cskd, cswt_temperatures)
 from kd_jax.losses.feature import class_means, class_sums, nd
@@ -17,5 +18,5 @@ __all__ = [
     "kd", "kd_instance_temperature", "dkd", "cskd", "cswt_temperatures", "class_correlation_distance",
     "batch_correlation_distance", "nd", "class_means", "class_sums", "dist",
     "logit_standardize", "at", "nst", "sp", "pkt", "rkd", "hcl", "vid", "kdsvd", "ofd",
-    "ofd_margin",
+    "ofd_margin", "class_consistency", "batch_consistency",
 ]

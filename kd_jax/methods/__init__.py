@@ -12,6 +12,7 @@ from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
 from kd_jax.methods.kdsvd import KDSVD
+from kd_jax.methods.mlkd import MLKD
 from kd_jax.methods.nd import CSKDND, DKDND, KDND
 from kd_jax.methods.at import AT
 from kd_jax.methods.fitnet import FitNet
@@ -30,6 +31,7 @@ METHODS: dict[str, type[Method]] = {
     "dist": DIST,
     "cskd": CSKD,
     "cskd_mv": CSKDMultiView,
+    "mlkd": MLKD,
     "kd_nd": KDND,
     "dkd_nd": DKDND,
     "cskd_nd": CSKDND,

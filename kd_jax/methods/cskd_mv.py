@@ -9,35 +9,19 @@ weak-view probabilities at T = 1: m = fraction of samples whose max probability 
 the batch median, c = fraction of classes whose summed probability is <= the class
 median (linear-interpolation percentiles, as numpy's default).
 
-Views: weak = crop + flip; strong = crop + flip + RandAugment(2 ops) + Cutout filled
-with (125, 123, 114), drawn independently. Cutout as the public code draws it (side 1..16 px, kept whole at
-the top/left border; METHODS.md 4.3); `cutout="paper_16px"` is the paper text's fixed
-16 px square.
+Views and masks are MLKD's (kd_jax/methods/multi_view.py, shared with MLKD).
 """
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from kd_jax import losses
-from kd_jax.data import augment, randaugment
-from kd_jax.methods.base import (Method, check_cswt_range, cross_entropy, one_of, positive,
-                                 non_negative)
-
-
-def median_masks(teacher_logits):
-  """(m, c): the sample- and class-confidence fractions of the reference code."""
-  probs = jax.lax.stop_gradient(jax.nn.softmax(teacher_logits.astype(jnp.float32), axis=-1))
-  confidence = jnp.max(probs, axis=-1)
-  class_confidence = jnp.sum(probs, axis=0)
-  sample_fraction = jnp.mean(confidence <= jnp.percentile(confidence, 50))
-  class_fraction = jnp.mean(class_confidence <= jnp.percentile(class_confidence, 50))
-  return sample_fraction, class_fraction
+from kd_jax.methods.base import check_cswt_range, positive, non_negative
+from kd_jax.methods.multi_view import MultiViewMethod, both_views_cross_entropy, median_masks
 
 
 @dataclasses.dataclass(frozen=True)
-class CSKDMultiView(Method):
-  num_views = 2
+class CSKDMultiView(MultiViewMethod):
   ce_weight: float = non_negative(1.0)
   weight: float = non_negative(2.0)
   cc_weight: float = non_negative(1.0)
@@ -49,12 +33,6 @@ class CSKDMultiView(Method):
   def __post_init__(self):
     super().__post_init__()
     check_cswt_range(self)
-  cutout: str = one_of("public_code", randaugment.CUTOUTS)
-
-  def views(self, key, images):
-    weak_key, strong_key = jax.random.split(key)
-    return [augment.random_crop_flip(weak_key, images),
-            randaugment.strong_view(strong_key, images, cutout=self.cutout)]
 
   def loss(self, student, teacher, labels, epoch, aux):
     (student_weak, student_strong), (teacher_weak, teacher_strong) = student, teacher
@@ -67,8 +45,7 @@ class CSKDMultiView(Method):
                                                                      temperatures)
 
     terms = {
-        "ce": self.ce_weight * (cross_entropy(student_weak.logits, labels)
-                                + cross_entropy(student_strong.logits, labels)),
+        "ce": self.ce_weight * both_views_cross_entropy(student, labels),
         "cskd_weak": sample_fraction * self.weight * both(losses.cskd, student_weak, teacher_weak),
         "cskd_strong": self.weight * both(losses.cskd, student_strong, teacher_strong),
         "cc_weak": class_fraction * self.cc_weight * both(
@@ -88,7 +65,3 @@ class CSKDMultiView(Method):
             + both.format("CC_weak") + f" + m {self.bc_weight:g} [BC_weak" + both.format("BC_weak")
             + f", T_i = CSWT in [{self.t_low:g}, {self.t_high:g}] from the weak view, "
             "m / c = sample / class confidence masks of the teacher's weak view")
-
-  def describe_views(self):
-    return ("weak: random crop 32 (pad 4) + flip; strong: the same + RandAugment(2 ops) + "
-            f"cutout ({self.cutout})")

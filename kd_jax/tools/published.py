@@ -154,10 +154,11 @@ def published_method(method_config):
   """The published method a run's `config.method` reproduces ('KD', 'DKD++'...), or None.
 
   KD/DKD with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
-  the '++' variants, with logit standardization to '+LS'; methods of NAMED map to their
-  published name, CRD to 'CRD' (or 'CRD+KD' with a KD term), CTKD on KD with the global
-  temperature to 'CTKD' / 'CTKD+LS' (DKD+CTKD and the instance-wise temperature have no
-  published CIFAR number here); any other method has none.
+  the '++' variants, with logit standardization to '+LS'; MLKD to 'MLKD' or 'MLKD+LS';
+  methods of NAMED map to their published name, CRD to 'CRD' (or 'CRD+KD' with a KD
+  term), CTKD on KD with the global temperature to 'CTKD' / 'CTKD+LS' (DKD+CTKD and the
+  instance-wise temperature have no published CIFAR number here); any other method has
+  none.
   """
   name = str(method_config.get("name", "")).lower()
   if name in NAMED:
@@ -170,7 +171,9 @@ def published_method(method_config):
       return None
     return "CTKD+LS" if method_config.get("standardize") else "CTKD"
   if method_config.get("standardize"):
-    return {"kd": "KD+LS", "dkd": "DKD+LS"}.get(name)
+    return {"kd": "KD+LS", "dkd": "DKD+LS", "mlkd": "MLKD+LS"}.get(name)
+  if name == "mlkd":
+    return "MLKD"
   with_nd = "++" in name or name.endswith("_nd") or name.endswith("pp")
   with_nd = with_nd or any(key.startswith("nd") and value not in (0, 0.0, False, None)
                            for key, value in method_config.items() if key != "name")
