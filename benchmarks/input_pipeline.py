@@ -1,8 +1,9 @@
 """Images/s of the ImageNet host pipeline, next to torchvision's, on JPEGs written here.
 
-  python -m benchmarks.input_pipeline [--images 1000] [--dir DIR] [--batch-size 32]
-      [--settings auto,t1,t2,t4,t16,w2] [--torch-workers 0,1,2] [--no-torch]
-      [--splits train,eval] [--repeats 5] [--block-batches 16] [--stage-images 300]
+  python -m benchmarks.input_pipeline [--images 1000] [--dir DIR] [--batch-size 16]
+      [--settings auto,t1,t2,t4,t16,w2] [--torch-workers 1,2] [--no-torch]
+      [--splits train,eval] [--repeats 9] [--block-batches 16] [--stage-images 300]
+  python -m benchmarks.input_pipeline --flops res34_res18,res50_mbv1
 
 Data: `--images` JPEGs of ImageNet's usual sizes (mostly 500x375 and 375x500, some
 500x333 / 500x500 / larger; see SIZES) with natural-image-like content (1/f noise, so
@@ -21,12 +22,18 @@ Pipelines, uint8 224x224 batches of --batch-size, no normalisation on either sid
 Each timed block starts a fresh iterator, discards its first batches (the pipeline
 filling up: as many as it holds in flight) and times the next --block-batches; all the
 pipelines take turns, block after block, and each figure is the median over --repeats
-blocks (the machine may be shared).
+blocks (the machine may be shared); `vs_<first setting>` is the median over rounds of
+each block's rate over the first setting's in the same round, and `cpu_ms_per_image` the
+CPU time of this process and its worker processes per image (what a setting costs,
+whatever share of a shared machine it gets).
 
 Per-stage breakdown (`kind` 'stage', one thread, ms per image, median of 3 passes over
---stage-images images): read (the array_record record), decode (Pillow, with the draft
-the crop permits for train; full for eval), crop_resize, flip_to_array, batch (np.stack),
-and the Python-only part (crop draw, random generator, grain's per-record maps).
+--stage-images images): read (the array_record record), python (JPEG header, random
+generator, crop draw), decode (Pillow, with the draft the crop permits for train; full
+for eval), crop_resize, flip_to_array / to_array, batch (np.stack). Then
+`pipeline_overhead_ms_per_image`: the grain pipeline with a do-nothing transform (order,
+read, grain's maps, batching): with read and python, the part of each image that holds
+the GIL, which bounds what threads in one process can feed.
 """
 import argparse
 import importlib.metadata
@@ -140,6 +147,27 @@ def write_images(root: str, count: int, seed: int = 0) -> dict:
 # ---------------------------------------------------------------- pipelines
 
 
+def cpu_seconds() -> float:
+  """CPU time (user + system) of this process and its live children (worker processes).
+
+  Per image, it is the pipeline's cost whatever share of the cores it gets: on a shared
+  machine it varies less than the wall-clock rate. Needs psutil (else process time only).
+  """
+  try:
+    import psutil  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return time.process_time()
+  total = 0.0
+  me = psutil.Process()
+  for process in [me, *me.children(recursive=True)]:
+    try:
+      times = process.cpu_times()
+      total += times.user + times.system
+    except psutil.Error:
+      pass
+  return total
+
+
 def parse_setting(setting: str) -> tuple[int, int]:
   """'auto' -> (0, -1); 'tN' -> (N, 0); 'wN' -> (0, N); 'wNtM' -> (M, N)."""
   from kd_jax.data import parallelism  # pylint: disable=g-import-not-at-top
@@ -173,7 +201,8 @@ class KdJaxBench:
       self._make = lambda epoch: imagenet.make_train_iterator(batch_size, seed=epoch, **common)
     else:
       self._make = lambda epoch: iter(imagenet.make_eval_batches(batch_size, **common))
-    self.skip = self.threads * max(self.workers, 1)  # batches in flight when it starts
+    # Batches started at once: each thread's, plus one queued per worker process.
+    self.skip = self.threads if not self.workers else self.workers * (self.threads + 1)
     self.record = {'framework': 'kd_jax', 'split': split, 'setting': setting,
                    'threads': self.threads, 'workers': self.workers}
     self._epoch = 0
@@ -183,14 +212,14 @@ class KdJaxBench:
     iterator = self._make(self._epoch)
     for _ in range(self.skip):
       next(iterator)
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     for _ in range(self.block_batches):
       batch = next(iterator)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     assert batch['image'].shape == (self.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3)
     if hasattr(iterator, 'close'):
       iterator.close()
-    return seconds, self.block_batches * self.batch_size
+    return seconds, cpu, self.block_batches * self.batch_size
 
 
 def import_torchvision():
@@ -246,13 +275,13 @@ class TorchvisionBench:
     iterator = iter(self._loader)
     for _ in range(self.skip):
       next(iterator)
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     for _ in range(self.block_batches):
       images, _ = next(iterator)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     assert tuple(images.shape) == (self.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE)
     del iterator  # shuts its workers down
-    return seconds, self.block_batches * self.batch_size
+    return seconds, cpu, self.block_batches * self.batch_size
 
 
 # ---------------------------------------------------------------- per-stage breakdown
@@ -297,18 +326,24 @@ def stage_breakdown(data_dir, count, batch_size, passes=3):
       add('train', 'flip_to_array', t5 - t4)
       # eval: full decode, then Resize(256) + CenterCrop(224) as eval_transform does
       t6 = clock()
-      full = imagenet.open_image(record['image']).convert('RGB')
+      full = imagenet.open_image(record['image'])
+      full.load()
+      full = full.convert('RGB')
       t7 = clock()
-      imagenet.eval_transform(full, IMAGE_SIZE)
+      out = imagenet.crop_resize(full, imagenet.center_crop_box(*full.size, IMAGE_SIZE),
+                                 IMAGE_SIZE)
       t8 = clock()
+      np.asarray(out, np.uint8)
+      t9 = clock()
       add('eval', 'read', t1 - t0)
       add('eval', 'decode', t7 - t6)
       add('eval', 'crop_resize', t8 - t7)
-    t9 = clock()
+      add('eval', 'to_array', t9 - t8)
+    start_stack = clock()
     for start in range(0, count - batch_size + 1, batch_size):
       np.stack(outputs[start:start + batch_size])
     stacked = (count // batch_size) * batch_size
-    add('train', 'batch', (clock() - t9) * count / max(stacked, 1))
+    add('train', 'batch', (clock() - start_stack) * count / max(stacked, 1))
     add('eval', 'batch', totals['train']['batch'])
     for split in totals:
       for stage, seconds in totals[split].items():
@@ -412,8 +447,8 @@ def versions():
   return out
 
 
-def run(images=1000, data_dir=None, batch_size=32, settings=('auto', 't1', 't2', 't4', 't16'),
-        torch_workers=(0, 1, 2), splits=('train', 'eval'), repeats=5, block_batches=16,
+def run(images=1000, data_dir=None, batch_size=16, settings=('auto', 't1', 't2', 't4', 't16'),
+        torch_workers=(1, 2), splits=('train', 'eval'), repeats=9, block_batches=16,
         stage_images=300, with_torch=True, stream=None):
   """Writes (or reuses) the images, runs every bench; returns (and prints) JSON records."""
   from kd_jax.data import parallelism  # pylint: disable=g-import-not-at-top
@@ -448,14 +483,19 @@ def run(images=1000, data_dir=None, batch_size=32, settings=('auto', 't1', 't2',
       order = list(range(len(benches)))
       shift = r % len(order)
       for i in order[shift:] + order[:shift]:
-        seconds, count = benches[i].time_block()
-        per_bench[i].append((count / seconds, load))
+        seconds, cpu, count = benches[i].time_block()
+        per_bench[i].append((count / seconds, load, 1e3 * cpu / count))
+    reference = [rate for rate, *_ in per_bench[0]]
     for bench, samples in zip(benches, per_bench):
-      rates = [rate for rate, _ in samples]
+      rates = [rate for rate, *_ in samples]
       emit({'kind': 'measurement', **bench.record, 'batch_size': batch_size,
             'images_per_second': round(statistics.median(rates), 1),
             'samples': [round(x, 1) for x in rates],
-            'load_average_1min': [round(load, 2) for _, load in samples]})
+            'cpu_ms_per_image': round(statistics.median(c for *_, c in samples), 3),
+            # this bench / the first setting, in the same round: less sensitive to load
+            f'vs_{settings[0]}': round(statistics.median(
+                r / ref for r, ref in zip(rates, reference)), 3),
+            'load_average_1min': [round(load, 2) for _, load, _ in samples]})
   emit({'kind': 'done', 'load_average': os.getloadavg(),
         'total_s': round(time.perf_counter() - start, 1)})
   if owned:
@@ -468,13 +508,13 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--images', type=int, default=1000)
   parser.add_argument('--dir', default=None, help='where the JPEGs go (kept; reused)')
-  parser.add_argument('--batch-size', type=int, default=32)
+  parser.add_argument('--batch-size', type=int, default=16)
   parser.add_argument('--settings', default='auto,t1,t2,t4,t16',
                       help='kd_jax settings: auto, tN, wN, wNtM (comma-separated)')
-  parser.add_argument('--torch-workers', default='0,1,2')
+  parser.add_argument('--torch-workers', default='1,2')
   parser.add_argument('--no-torch', action='store_true')
   parser.add_argument('--splits', default='train,eval')
-  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--repeats', type=int, default=9)
   parser.add_argument('--block-batches', type=int, default=16)
   parser.add_argument('--stage-images', type=int, default=300)
   parser.add_argument('--flops', default='',

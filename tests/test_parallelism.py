@@ -25,7 +25,8 @@ def test_explicit_settings_are_kept_and_fill_the_other():
   assert parallelism.resolve(3, 4, cores=2) == (3, 4)
   assert parallelism.resolve(parallelism.AUTO_THREADS, 4, cores=16) == (4, 4)
   assert parallelism.resolve(parallelism.AUTO_THREADS, 0, cores=16) == (16, 0)
-  assert parallelism.resolve(4, parallelism.AUTO_WORKERS, cores=8) == (4, 0)
+  assert parallelism.resolve(4, parallelism.AUTO_WORKERS, cores=8) == (4, 2)
+  assert parallelism.resolve(2, parallelism.AUTO_WORKERS, cores=2) == (2, 0)
 
 
 def test_cgroup_quota_caps_the_cores(tmp_path):

@@ -190,9 +190,11 @@ def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
 
 
 def open_image(image) -> Image.Image:
-  """A (lazy, for encoded bytes) PIL image from JPEG/PNG bytes or a uint8 array."""
+  """A (lazy, for encoded bytes) PIL image from JPEG/PNG bytes, a uint8 array or a PIL image."""
   if isinstance(image, (bytes, np.bytes_)):
     return Image.open(io.BytesIO(image))
+  if isinstance(image, Image.Image):
+    return image
   array = np.asarray(image, np.uint8)
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
@@ -239,19 +241,35 @@ def train_transform(image, rng: np.random.Generator, image_size: int = 224) -> n
   return np.asarray(out, np.uint8)
 
 
-def eval_transform(image, image_size: int = 224) -> np.ndarray:
-  """torchvision Resize(image_size / 0.875) (shorter side, bilinear) + CenterCrop."""
+def center_crop_box(width: int, height: int, image_size: int) -> tuple[float, ...]:
+  """The box of the source image that Resize(image_size / 0.875) + CenterCrop keeps.
+
+  As torchvision: the shorter side resized to `resize` (the longer one truncated), then
+  the central image_size square (offsets rounded); returned in source pixels (left, top,
+  right, bottom), so resizing just that box gives the same pixels.
+  """
   resize = int(round(image_size / EVAL_CROP_FRACTION))
-  picture = _rgb(open_image(image))
-  width, height = picture.size
   if width <= height:
     new_width, new_height = resize, int(resize * height / width)
   else:
     new_width, new_height = int(resize * width / height), resize
-  picture = picture.resize((new_width, new_height), Image.BILINEAR)
   top = int(round((new_height - image_size) / 2.0))
   left = int(round((new_width - image_size) / 2.0))
-  return np.asarray(picture.crop((left, top, left + image_size, top + image_size)), np.uint8)
+  scale_x, scale_y = width / new_width, height / new_height
+  return (left * scale_x, top * scale_y, min(width, (left + image_size) * scale_x),
+          min(height, (top + image_size) * scale_y))  # min: float rounding past the edge
+
+
+def eval_transform(image, image_size: int = 224) -> np.ndarray:
+  """torchvision Resize(image_size / 0.875) (shorter side, bilinear) + CenterCrop.
+
+  Only the kept box is resized (Pillow's resize with `box` samples and filters exactly
+  as the whole-image resize does, pixels outside the box included), which saves the
+  resize of the cropped-off margins: the same pixels, up to float rounding (+-1).
+  """
+  picture = _rgb(open_image(image))
+  box = center_crop_box(*picture.size, image_size)
+  return np.asarray(crop_resize(picture, box, image_size), np.uint8)
 
 
 # ---------------------------------------------------------------- order (which example where)

@@ -1,23 +1,25 @@
 """How many decode threads and worker processes the host pipeline uses, from the host.
 
-The pipeline's per-image work (JPEG decode, crop-resize) runs in Pillow's C code, which
-releases the GIL, so threads in one process scale with cores until the Python share of
-each image (reading the record, drawing the crop, grain's bookkeeping), which holds the
-GIL, fills one core. `MAX_THREADS_PER_PROCESS` is that limit with a margin, from
-benchmarks/input_pipeline.py's per-stage figures (benchmarks/RESULTS.md, "Input
-pipeline"); beyond it the cores are split over worker processes.
+The heavy part of each image (JPEG decode, crop-resize) runs in Pillow's C code, which
+releases the GIL; the rest (reading and parsing the record, the JPEG header, the crop
+draw, the array conversion, grain's per-record maps) holds it. On the 2-core machine of
+benchmarks/RESULTS.md ("Input pipeline") that is about a quarter of an image's time (0.9
+of 3.6 ms), so the threads of one process stop scaling at about 4 cores' worth of work:
+`MAX_THREADS_PER_PROCESS`. Hosts with more cores split them over worker processes
+(grain's mp_prefetch), each with that many threads.
 
 More threads than cores only adds switching and, as each thread assembles whole batches,
-batches in flight: on a 2-core host 16 threads ran slower than 2. So the default is one
-thread per usable core: the CPUs this process may run on (`os.sched_getaffinity`), capped
-by a cgroup CPU quota (containers), shared among the training processes on the host.
+batches in flight: on a 2-core host 16 threads ran slower than 2 (issue #20). So the
+default is one thread per usable core: the CPUs this process may run on
+(`os.sched_getaffinity`), capped by a cgroup CPU quota (containers), shared among the
+training processes on the host.
 """
 import math
 import os
 
 AUTO_THREADS = 0  # config.data.num_threads = 0: one per usable core
 AUTO_WORKERS = -1  # config.data.worker_count = -1: processes only where threads stop scaling
-MAX_THREADS_PER_PROCESS = 32
+MAX_THREADS_PER_PROCESS = 4
 # Set by launchers that start several processes per host (torchrun, SLURM, Open MPI).
 LOCAL_PROCESS_COUNT_VARIABLES = ('LOCAL_WORLD_SIZE', 'SLURM_NTASKS_PER_NODE',
                                  'OMPI_COMM_WORLD_LOCAL_SIZE')
