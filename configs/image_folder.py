@@ -31,7 +31,7 @@ def get_config(arg="kd"):
   config.optim.update(dict(lr=0.1, decay_epochs=(30, 60, 90)))
   config.source = "no published recipe: the ImageNet one at 64 px (configs/image_folder.py)"
   if variant == "smoke":
-    config.data.update(dict(image_size=32, num_threads=2))
+    config.data.update(dict(image_size=32, num_threads=2, worker_count=0))
     config.teacher.model, config.student.model = "resnet8", "resnet8"
     config.teacher.train_epochs, config.num_epochs = 1, 2
     config.batch_size, config.eval_batch_size, config.log_every_steps = 16, 16, 2

@@ -34,7 +34,7 @@ def get_base(method: dict, arg: str, method_overrides=None) -> ml_collections.Co
   config.source = "mdistiller ImageNet recipe, configs/imagenet (METHODS.md 6)"
   if arg == "smoke":
     config.data.update(dict(source="synthetic", image_size=64, synthetic_train_size=128,
-                            synthetic_test_size=64, num_threads=2))
+                            synthetic_test_size=64, num_threads=2, worker_count=0))
     config.teacher.model, config.student.model = "imagenet_resnet18", "imagenet_resnet18"
     config.teacher.train_epochs, config.num_epochs = 1, 1
     config.batch_size, config.eval_batch_size, config.log_every_steps = 32, 32, 2
