@@ -20,7 +20,9 @@ Train: RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal fl
 torchvision; eval: Resize(256) (shorter side) + CenterCrop(224). Batches hold uint8 NHWC
 images; normalise on the device: `augment.normalize(images, IMAGENET_MEAN, IMAGENET_STD)`.
 JPEGs are decoded by Pillow (as TFDS itself does without OpenCV); training decodes at a
-reduced DCT scale (`Image.draft`) when the crop is shrunk by 2x or more anyway.
+reduced DCT scale (`Image.draft`) when the crop is shrunk by 2x or more anyway; eval
+resizes only the center box it keeps. Threads and worker processes default to the host's
+usable cores (kd_jax.data.parallelism); benchmarks/input_pipeline.py measures the rate.
 """
 import collections
 from collections import abc
