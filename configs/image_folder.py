@@ -24,14 +24,14 @@ def get_config(arg="kd"):
   config = imagenet_common.get_base({"name": name}, "smoke" if variant == "smoke" else "res34_res18")
   config.data = ml_collections.ConfigDict(dict(
       dataset="image_folder", source="folder", data_dir="", train_split="train", test_split="val",
-      image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_threads=4,
-      worker_count=0))
+      image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_threads=0,
+      worker_count=-1))  # 0 / -1: from the host's usable cores (kd_jax.data.parallelism)
   config.num_epochs, config.batch_size, config.eval_batch_size = 100, 256, 500
   config.teacher.checkpoint, config.teacher.train_epochs = "", config.num_epochs
   config.optim.update(dict(lr=0.1, decay_epochs=(30, 60, 90)))
   config.source = "no published recipe: the ImageNet one at 64 px (configs/image_folder.py)"
   if variant == "smoke":
-    config.data.update(dict(image_size=32, num_threads=2))
+    config.data.update(dict(image_size=32, num_threads=2, worker_count=0))
     config.teacher.model, config.student.model = "resnet8", "resnet8"
     config.teacher.train_epochs, config.num_epochs = 1, 2
     config.batch_size, config.eval_batch_size, config.log_every_steps = 16, 16, 2

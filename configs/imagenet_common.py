@@ -25,14 +25,16 @@ def get_base(method: dict, arg: str, method_overrides=None) -> ml_collections.Co
   """The ImageNet recipe for pair `arg` (or 'smoke') with `method` fields."""
   config = cifar_common.get_base(method)
   config.data = ml_collections.ConfigDict(dict(
-      dataset="imagenet2012", source="tfds", data_dir="", image_size=224, num_threads=16,
-      worker_count=0, synthetic_train_size=0, synthetic_test_size=0, synthetic_image_size=64))
+      dataset="imagenet2012", source="tfds", data_dir="", image_size=224, num_threads=0,
+      worker_count=-1, synthetic_train_size=0, synthetic_test_size=0, synthetic_image_size=64))
+  # num_threads=0, worker_count=-1: decode threads / worker processes from the host's usable
+  # cores (kd_jax.data.parallelism); set them to override.
   config.optim.update(dict(lr=0.2, weight_decay=1e-4, decay_epochs=(30, 60, 90)))
   config.num_epochs, config.batch_size, config.eval_batch_size = 100, 512, 1000
   config.source = "mdistiller ImageNet recipe, configs/imagenet (METHODS.md 6)"
   if arg == "smoke":
     config.data.update(dict(source="synthetic", image_size=64, synthetic_train_size=128,
-                            synthetic_test_size=64, num_threads=2))
+                            synthetic_test_size=64, num_threads=2, worker_count=0))
     config.teacher.model, config.student.model = "imagenet_resnet18", "imagenet_resnet18"
     config.teacher.train_epochs, config.num_epochs = 1, 1
     config.batch_size, config.eval_batch_size, config.log_every_steps = 32, 32, 2

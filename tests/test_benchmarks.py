@@ -68,7 +68,8 @@ def test_conv_layers_records():
 
 @pytest.mark.parametrize("module,argv,message", [
     ("train_step", ["--pair", "nope"], "unknown pair 'nope'"),
-    ("conv_layers", ["--model", "vgg8"], "got 'vgg8'")])
+    ("conv_layers", ["--model", "vgg8"], "got 'vgg8'"),
+    ("input_pipeline", ["--settings", "auto,x3"], "bad setting 'x3'")])
 def test_bad_arguments_exit_with_one_line(module, argv, message, capsys):
   """A bad pair or model name: argparse's one-line error and exit status 2, no traceback."""
   main = importlib.import_module(f"benchmarks.{module}").main
@@ -77,3 +78,31 @@ def test_bad_arguments_exit_with_one_line(module, argv, message, capsys):
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
   assert message in err.splitlines()[-1] and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_on_a_few_images(tmp_path):
+  """Writes 12 JPEGs, times kd_jax's train and eval pipelines (and torchvision's where it
+  imports), and reports the per-stage breakdown."""
+  from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
+  records = input_pipeline.run(images=12, data_dir=str(tmp_path), batch_size=4,
+                               settings=("auto", "t1"), torch_workers=(0,), repeats=2,
+                               block_batches=1, stage_images=8, with_torch=HAS_TORCH)
+  kinds = {}
+  for record in records:
+    kinds.setdefault(record["kind"], []).append(record)
+  host = kinds["host"][0]
+  assert host["images"]["count"] == 12 and host["usable_cores"] >= 1 and "pillow" in host
+  stages = {r["split"]: r for r in kinds["stage"] if "ms_per_image" in r}
+  assert set(stages["train"]["ms_per_image"]) == {"read", "python", "decode", "crop_resize",
+                                                  "flip_to_array", "batch"}
+  assert set(stages["eval"]["ms_per_image"]) == {"read", "decode", "crop_resize", "to_array",
+                                                 "batch"}
+  assert all(v >= 0 for r in stages.values() for v in r["ms_per_image"].values())
+  measured = {(r["framework"], r["split"], r["setting"]) for r in kinds["measurement"]}
+  expected = {("kd_jax", split, s) for split in ("train", "eval") for s in ("auto", "t1")}
+  assert expected <= measured
+  assert all(r["images_per_second"] > 0 and len(r["samples"]) == 2
+             for r in kinds["measurement"])
+  # The images are reused: a second call writes nothing new.
+  assert input_pipeline.write_images(str(tmp_path), 12) == host["images"]

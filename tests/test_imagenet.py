@@ -244,6 +244,31 @@ def test_eval_transform_is_resize_then_center_crop():
   np.testing.assert_array_equal(imagenet.eval_transform(gray, 32), np.full((32, 32, 3), 77))
 
 
+def _resize_then_crop(image, size):
+  """torchvision's Resize(round(size / 0.875)) + CenterCrop(size) on a PIL image, literally."""
+  resize = round(size / 0.875)
+  picture = Image.fromarray(image)
+  width, height = picture.size
+  if width <= height:
+    new_width, new_height = resize, int(resize * height / width)
+  else:
+    new_width, new_height = int(resize * width / height), resize
+  picture = picture.resize((new_width, new_height), Image.BILINEAR)
+  top, left = int(round((new_height - size) / 2.0)), int(round((new_width - size) / 2.0))
+  return np.asarray(picture.crop((left, top, left + size, top + size)))
+
+
+def test_eval_transform_resizing_only_the_kept_box_matches_the_whole_resize():
+  rng = np.random.default_rng(2)
+  shapes = [(375, 500), (500, 375), (333, 500), (257, 300), (37, 37), (800, 256), (91, 64)]
+  for shape in shapes:
+    for image in (rng.integers(0, 256, (*shape, 3), dtype=np.uint8), _gradient(*shape)):
+      for size in (224, 32):  # 224 upsamples the small shapes
+        diff = np.abs(imagenet.eval_transform(image, size).astype(int) -
+                      _resize_then_crop(image, size).astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.05, (shape, size)  # float rounding only
+
+
 def test_normalize_with_imagenet_constants():
   images = np.array([[[[0, 128, 255]]]], np.uint8)
   out = np.asarray(augment.normalize(images, imagenet.IMAGENET_MEAN, imagenet.IMAGENET_STD))

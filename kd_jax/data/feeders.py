@@ -21,12 +21,13 @@ import dataclasses
 from collections import abc
 from typing import Any, Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from kd_jax.data import augment, batching, cifar, image_folder, imagenet
+from kd_jax.data import augment, batching, cifar, image_folder, imagenet, parallelism
 from kd_jax.errors import UserError
 
 _CLASS_MEAN_STREAM = 0xC1A55  # key stream of the training-split pass's augmentation
@@ -142,6 +143,10 @@ class HostFeeder:
     self._sharding = _batch_sharding(mesh)
     self._pipeline = dict(image_size=settings.image_size, num_threads=settings.num_threads,
                           worker_count=settings.worker_count)
+    threads, workers = imagenet.host_parallelism(settings.num_threads, settings.worker_count)
+    logging.info("host pipeline: %d decode thread(s) %s (%d usable cores)", threads,
+                 f"in each of {workers} worker processes" if workers else "in this process",
+                 parallelism.usable_cores())
     self._train_records, self._batch_size, self._seed = (host_data.train, config.batch_size,
                                                          config.seed)
     self._iterator = imagenet.make_train_iterator(config.batch_size, seed=config.seed,

@@ -20,7 +20,9 @@ Train: RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal fl
 torchvision; eval: Resize(256) (shorter side) + CenterCrop(224). Batches hold uint8 NHWC
 images; normalise on the device: `augment.normalize(images, IMAGENET_MEAN, IMAGENET_STD)`.
 JPEGs are decoded by Pillow (as TFDS itself does without OpenCV); training decodes at a
-reduced DCT scale (`Image.draft`) when the crop is shrunk by 2x or more anyway.
+reduced DCT scale (`Image.draft`) when the crop is shrunk by 2x or more anyway; eval
+resizes only the center box it keeps. Threads and worker processes default to the host's
+usable cores (kd_jax.data.parallelism); benchmarks/input_pipeline.py measures the rate.
 """
 import collections
 from collections import abc
@@ -36,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from kd_jax.data import batching
+from kd_jax.data import parallelism
 from kd_jax.errors import UserError
 
 TFDS_NAME = 'imagenet2012'
@@ -188,10 +191,12 @@ def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
   return (width - crop_width) // 2, (height - crop_height) // 2, crop_width, crop_height
 
 
-def _open_image(image) -> Image.Image:
-  """A (lazy, for encoded bytes) PIL image from JPEG/PNG bytes or a uint8 array."""
+def open_image(image) -> Image.Image:
+  """A (lazy, for encoded bytes) PIL image from JPEG/PNG bytes, a uint8 array or a PIL image."""
   if isinstance(image, (bytes, np.bytes_)):
     return Image.open(io.BytesIO(image))
+  if isinstance(image, Image.Image):
+    return image
   array = np.asarray(image, np.uint8)
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
@@ -202,38 +207,71 @@ def _rgb(image: Image.Image) -> Image.Image:
   return image if image.mode == 'RGB' else image.convert('RGB')
 
 
-def train_transform(image, rng: np.random.Generator, image_size: int = 224) -> np.ndarray:
-  """Random resized crop to `image_size` (bilinear) + random flip -> uint8 [S, S, 3]."""
-  picture = _open_image(image)
-  width, height = picture.size
-  left, top, crop_width, crop_height = random_resized_crop_box(rng, width, height)
-  box = (left, top, left + crop_width, top + crop_height)
+def decode_for_crop(picture: Image.Image, box: tuple[int, int, int, int],
+                    image_size: int) -> tuple[Image.Image, tuple[float, float, float, float]]:
+  """`picture` (as `open_image` gives it) decoded, in RGB, and `box` (left, top, right,
+  bottom) on the decoded image.
+
+  A JPEG is decoded at 1/2, 1/4 or 1/8 scale (`Image.draft`, libjpeg's DCT scaling) when
+  the crop is shrunk by at least that much anyway: the draft keeps >= image_size pixels
+  across the crop, so the resize still only shrinks.
+  """
   if picture.format == 'JPEG':
-    # Decode at 1/2, 1/4 or 1/8 scale when the crop is shrunk at least that much anyway
-    # (the draft keeps >= image_size pixels across the crop): saves time on large images.
+    width, height = picture.size
+    crop_width, crop_height = box[2] - box[0], box[3] - box[1]
     picture.draft('RGB', (math.ceil(width * image_size / crop_width),
                           math.ceil(height * image_size / crop_height)))
     scale_x, scale_y = picture.size[0] / width, picture.size[1] / height
     box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
-  out = _rgb(picture).resize((image_size, image_size), Image.BILINEAR, box=box)
+  return _rgb(picture), box
+
+
+def crop_resize(picture: Image.Image, box, image_size: int) -> Image.Image:
+  """The box resized to image_size x image_size, bilinear with antialiasing (as torchvision)."""
+  return picture.resize((image_size, image_size), Image.BILINEAR, box=box)
+
+
+def train_transform(image, rng: np.random.Generator, image_size: int = 224) -> np.ndarray:
+  """Random resized crop to `image_size` (bilinear) + random flip -> uint8 [S, S, 3]."""
+  picture = open_image(image)
+  left, top, crop_width, crop_height = random_resized_crop_box(rng, *picture.size)
+  picture, box = decode_for_crop(picture, (left, top, left + crop_width, top + crop_height),
+                                 image_size)
+  out = crop_resize(picture, box, image_size)
   if rng.random() < 0.5:
     out = out.transpose(Image.FLIP_LEFT_RIGHT)
   return np.asarray(out, np.uint8)
 
 
-def eval_transform(image, image_size: int = 224) -> np.ndarray:
-  """torchvision Resize(image_size / 0.875) (shorter side, bilinear) + CenterCrop."""
+def center_crop_box(width: int, height: int, image_size: int) -> tuple[float, ...]:
+  """The box of the source image that Resize(image_size / 0.875) + CenterCrop keeps.
+
+  As torchvision: the shorter side resized to `resize` (the longer one truncated), then
+  the central image_size square (offsets rounded); returned in source pixels (left, top,
+  right, bottom), so resizing just that box gives the same pixels.
+  """
   resize = int(round(image_size / EVAL_CROP_FRACTION))
-  picture = _rgb(_open_image(image))
-  width, height = picture.size
   if width <= height:
     new_width, new_height = resize, int(resize * height / width)
   else:
     new_width, new_height = int(resize * width / height), resize
-  picture = picture.resize((new_width, new_height), Image.BILINEAR)
   top = int(round((new_height - image_size) / 2.0))
   left = int(round((new_width - image_size) / 2.0))
-  return np.asarray(picture.crop((left, top, left + image_size, top + image_size)), np.uint8)
+  scale_x, scale_y = width / new_width, height / new_height
+  return (left * scale_x, top * scale_y, min(width, (left + image_size) * scale_x),
+          min(height, (top + image_size) * scale_y))  # min: float rounding past the edge
+
+
+def eval_transform(image, image_size: int = 224) -> np.ndarray:
+  """torchvision Resize(image_size / 0.875) (shorter side, bilinear) + CenterCrop.
+
+  Only the kept box is resized (Pillow's resize with `box` samples and filters exactly
+  as the whole-image resize does, pixels outside the box included), which saves the
+  resize of the cropped-off margins: the same pixels, up to float rounding (+-1).
+  """
+  picture = _rgb(open_image(image))
+  box = center_crop_box(*picture.size, image_size)
+  return np.asarray(crop_resize(picture, box, image_size), np.uint8)
 
 
 # ---------------------------------------------------------------- order (which example where)
@@ -371,13 +409,37 @@ class _EvalPreprocess(grain.transforms.Map):
 
 def _read_options(num_threads: int) -> grain.ReadOptions:
   """`num_threads` batches in flight: each thread assembles whole batches."""
-  if num_threads < 1:
-    raise UserError(f'data loader num_threads must be >= 1, got {num_threads}')
   return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads)
+
+
+def _check_parallelism(num_threads: int, worker_count: int):
+  if num_threads < 0:
+    raise UserError(f'data loader num_threads must be >= 0 (0: one per usable core), got '
+                    f'{num_threads}')
+  if worker_count < parallelism.AUTO_WORKERS:
+    raise UserError(f'data loader worker_count must be >= -1 (-1: chosen from the host), '
+                    f'got {worker_count}')
+
+
+def host_parallelism(num_threads: int = parallelism.AUTO_THREADS,
+                     worker_count: int = parallelism.AUTO_WORKERS) -> tuple[int, int]:
+  """(threads per process, worker processes) the pipeline runs with on this host.
+
+  Auto (0 threads / -1 workers): kd_jax.data.parallelism.resolve from the usable cores.
+  Worker processes need parsed absl flags (grain reads them); where auto would choose
+  them but the flags are not parsed (outside absl.app), one process runs the threads.
+  """
+  _check_parallelism(num_threads, worker_count)
+  threads, workers = parallelism.resolve(num_threads, worker_count)
+  if worker_count == parallelism.AUTO_WORKERS and workers and not flags.FLAGS.is_parsed():
+    cores = min(parallelism.usable_cores(), parallelism.MAX_THREADS_PER_PROCESS)
+    threads, workers = parallelism.resolve(num_threads, 0, cores=cores)
+  return threads, workers
 
 
 def _iter_dataset(batches: grain.MapDataset, num_threads: int,
                   worker_count: int) -> grain.IterDataset:
+  num_threads, worker_count = host_parallelism(num_threads, worker_count)
   dataset = batches.to_iter_dataset(_read_options(num_threads))
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():
@@ -385,8 +447,6 @@ def _iter_dataset(batches: grain.MapDataset, num_threads: int,
                       'to start its workers): run under absl.app, or call '
                       'absl.flags.FLAGS.mark_as_parsed() first')
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  elif worker_count < 0:
-    raise UserError(f'data loader worker_count must be >= 0, got {worker_count}')
   return dataset
 
 
@@ -468,15 +528,17 @@ class TrainIterator(grain.DatasetIterator):
 def make_train_iterator(global_batch_size: int, *, seed: int, records=None, source: str = 'tfds',
                         data_dir: str | None = None, image_size: int = 224,
                         num_epochs: int | None = None, process_index: int | None = None,
-                        process_count: int | None = None, num_threads: int = 16,
-                        worker_count: int = 0, synthetic_size: int | None = None,
+                        process_count: int | None = None,
+                        num_threads: int = parallelism.AUTO_THREADS,
+                        worker_count: int = parallelism.AUTO_WORKERS, synthetic_size: int | None = None,
                         synthetic_image_shape: tuple[int, int] = (64, 64)) -> TrainIterator:
   """This host's training batches of global_batch_size / process_count examples.
 
   Epoch e is a permutation of the train split drawn from (seed, e), cut into
   `steps_per_epoch` global batches (the remainder dropped); `num_epochs=None` repeats
   without end. Decoding runs on `num_threads` threads in each of `worker_count` worker
-  processes (0: in this process); process index/count default to jax's. `records` (a
+  processes (0: in this process); by default both follow the host's usable cores
+  (`host_parallelism`). Process index/count default to jax's. `records` (a
   random-access sequence of {'image', 'label'}) replaces the ImageNet split of `source`,
   so any such dataset (e.g. kd_jax.data.image_folder) runs through this pipeline.
   """
@@ -486,6 +548,7 @@ def make_train_iterator(global_batch_size: int, *, seed: int, records=None, sour
     raise UserError(f'num_epochs must be >= 1, got {num_epochs}')
   if image_size < 1:
     raise UserError(f'image_size must be >= 1, got {image_size}')
+  _check_parallelism(num_threads, worker_count)
   process_index, process_count, local_batch = _host_slice(
       global_batch_size, process_index, process_count)
   if records is None:
@@ -532,12 +595,14 @@ class EvalBatches:
 def make_eval_batches(global_batch_size: int, *, records=None, source: str = 'tfds',
                       data_dir: str | None = None, split: str = 'validation',
                       image_size: int = 224, process_index: int | None = None,
-                      process_count: int | None = None, num_threads: int = 16,
-                      worker_count: int = 0, synthetic_size: int | None = None,
+                      process_count: int | None = None,
+                      num_threads: int = parallelism.AUTO_THREADS,
+                      worker_count: int = parallelism.AUTO_WORKERS, synthetic_size: int | None = None,
                       synthetic_image_shape: tuple[int, int] = (64, 64)) -> EvalBatches:
   """This host's share of `split` (or of `records`), in order, padded to whole global batches."""
   if image_size < 1:
     raise UserError(f'image_size must be >= 1, got {image_size}')
+  _check_parallelism(num_threads, worker_count)
   process_index, process_count, local_batch = _host_slice(
       global_batch_size, process_index, process_count)
   if records is None:
