@@ -418,10 +418,20 @@ class _Entry:
     return value if self.axes is None else np.transpose(value, self.axes)
 
 
+def _layer_fields(node):
+  """The torch fields of a Conv/Linear/BatchNorm/LayerNorm node, else None."""
+  for layer_type, fields in ((nnx.Conv, _CONV_FIELDS), (nnx.Linear, _LINEAR_FIELDS),
+                             (nnx.BatchNorm, _BN_FIELDS), (nnx.LayerNorm, _LN_FIELDS)):
+    if isinstance(node, layer_type):
+      return fields
+  return None
+
+
 def _is_bare_parameter(path, node, nodes):
-  """A Param held directly by a kd_jax module (ViT's cls_token), not by a Flax layer."""
+  """A Param held directly by a kd_jax module (ViT's cls_token), not by a layer."""
   parent = nodes.get(tuple(path[:-1]))
   return (isinstance(node, nnx.Param) and parent is not None
+          and _layer_fields(parent) is None
           and type(parent).__module__.startswith('kd_jax.'))
 
 
@@ -435,15 +445,8 @@ def _expected_entries(model):
     if _is_bare_parameter(path, node, nodes):
       entries.append(_Entry('.'.join(str(p) for p in path), node, None, False))
       continue
-    if isinstance(node, nnx.Conv):
-      fields = _CONV_FIELDS
-    elif isinstance(node, nnx.Linear):
-      fields = _LINEAR_FIELDS
-    elif isinstance(node, nnx.BatchNorm):
-      fields = _BN_FIELDS
-    elif isinstance(node, nnx.LayerNorm):
-      fields = _LN_FIELDS
-    else:
+    fields = _layer_fields(node)
+    if fields is None:
       continue
     prefix = '.'.join(str(p) for p in path)
     for torch_name, attr, axes in fields:

@@ -35,6 +35,7 @@ from kd_jax.models import cifar_resnet
 from kd_jax.models import imagenet_resnet
 from kd_jax.models import mobilenetv1
 from kd_jax.models import mobilenetv2
+from kd_jax.models import regnet
 from kd_jax.models import resnetv2
 from kd_jax.models import shufflenetv1
 from kd_jax.models import shufflenetv2
@@ -45,7 +46,7 @@ from kd_jax.models import wrn
 # name -> (constructor(num_classes, *, rngs, dtype), pooled feature dim).
 _REGISTRY = {}
 for _family in (cifar_resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1,
-                shufflenetv2, imagenet_resnet, mobilenetv1, vit):
+                shufflenetv2, imagenet_resnet, mobilenetv1, vit, regnet):
   _REGISTRY.update(_family.MODELS)
 
 
