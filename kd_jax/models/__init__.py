@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from kd_jax.errors import UserError
 from kd_jax.models import cifar_resnet
 from kd_jax.models import imagenet_resnet
+from kd_jax.models.input_norm import INPUT_NORMS, with_input_norm
 from kd_jax.models import mobilenetv1
 from kd_jax.models import mobilenetv2
 from kd_jax.models import regnet
