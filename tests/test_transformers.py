@@ -211,6 +211,23 @@ def test_timm_regnet_checkpoint_loads_and_gives_timms_logits(tiny_regnet, tmp_pa
                              rtol=1e-5)
 
 
+def test_drop_path_drops_whole_residual_branches_in_training_only():
+  """drop_path_rate=1 with 2 blocks: rates linspace(0, 1, 2) = (0, 1), so in training the
+  second block is the identity (as timm's DropPath(1.0) would make it); eval drops nothing."""
+  model = vit.VisionTransformer(10, drop_path_rate=1.0, rngs=nnx.Rngs(0), **TINY_VIT)
+  assert model.blocks[0].drop_path is None and model.blocks[1].drop_path.rate == 1.0
+  plain = vit.VisionTransformer(10, rngs=nnx.Rngs(1), **TINY_VIT)
+  nnx.update(plain, nnx.state(model, nnx.Param))
+  shallow = vit.VisionTransformer(10, rngs=nnx.Rngs(1), **{**TINY_VIT, 'depth': 1})
+  shallow.patch_embed, shallow.norm, shallow.head = model.patch_embed, model.norm, model.head
+  shallow.cls_token, shallow.pos_embed = model.cls_token, model.pos_embed
+  shallow.blocks = nnx.List([model.blocks[0]])
+  images = _images(TINY_VIT['img_size'])
+  np.testing.assert_allclose(_run(model, images)[0], _run(plain, images)[0], atol=1e-6)
+  np.testing.assert_allclose(_run(model, images, train=True)[0], _run(shallow, images)[0],
+                             atol=1e-6)
+
+
 def test_state_paths_follow_timm_names():
   expected = {
       'deit_tiny_distilled_patch16_224': ['cls_token', 'dist_token', 'pos_embed',

@@ -5,8 +5,10 @@ State paths mirror timm's `VisionTransformer` / `VisionTransformerDistilled` sta
 `blocks.{i}.norm1`, `blocks.{i}.attn.qkv`, `blocks.{i}.attn.proj`, `blocks.{i}.norm2`,
 `blocks.{i}.mlp.fc1`, `blocks.{i}.mlp.fc2`, `norm`, `head` (and `head_dist`). Pre-norm
 blocks, LayerNorm eps 1e-6, exact (erf) GELU, class token concatenated before the position
-embedding is added (timm's default `no_embed_class=False`), no dropout or drop-path (timm's
-defaults; DeiT's training recipe turns drop-path on, not supported here yet).
+embedding is added (timm's default `no_embed_class=False`), no dropout (timm's default).
+Stochastic depth (`drop_path_rate`, DeiT's recipe uses 0.1) as timm's DropPath: in training,
+each residual branch of each sample is dropped with rate linspace(0, drop_path_rate,
+depth)[block] and kept branches scaled by 1/(1 - rate); 0 (the default) builds nothing.
 
 Outputs follow the zoo's `(logits, features)` contract:
   * features['pooled']: the embedding ND uses, the final-norm class token (timm's
@@ -92,18 +94,25 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+  """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)), each branch
+  through drop-path when `drop_path` > 0."""
 
-  def __init__(self, dim, num_heads, mlp_ratio, *, dtype, rngs):
+  def __init__(self, dim, num_heads, mlp_ratio, *, drop_path=0.0, dtype, rngs):
     kw = dict(dtype=dtype, rngs=rngs)
     self.norm1 = layer_norm(dim, **kw)
     self.attn = Attention(dim, num_heads, **kw)
     self.norm2 = layer_norm(dim, **kw)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), **kw)
+    # Per-sample masks (broadcast over tokens and channels), scaled by 1/keep: timm DropPath.
+    self.drop_path = (nnx.Dropout(drop_path, broadcast_dims=(1, 2), rngs=rngs)
+                      if drop_path > 0 else None)
 
-  def __call__(self, x):
-    x = x + self.attn(self.norm1(x))
-    return x + self.mlp(self.norm2(x))
+  def _branch(self, y, train):
+    return y if self.drop_path is None else self.drop_path(y, deterministic=not train)
+
+  def __call__(self, x, train=False):
+    x = x + self._branch(self.attn(self.norm1(x)), train)
+    return x + self._branch(self.mlp(self.norm2(x)), train)
 
 
 class VisionTransformer(nnx.Module):
@@ -111,7 +120,8 @@ class VisionTransformer(nnx.Module):
   token and head (`distilled=True`, timm's VisionTransformerDistilled)."""
 
   def __init__(self, num_classes, *, img_size=224, patch_size=16, dim=768, depth=12,
-               num_heads=12, mlp_ratio=4.0, distilled=False, dtype=jnp.float32, rngs):
+               num_heads=12, mlp_ratio=4.0, distilled=False, drop_path_rate=0.0,
+               dtype=jnp.float32, rngs):
     kw = dict(dtype=dtype, rngs=rngs)
     self.dtype = dtype
     self.img_size = img_size
@@ -123,14 +133,15 @@ class VisionTransformer(nnx.Module):
       self.dist_token = nnx.Param(TRUNC_NORMAL_02(rngs.params(), (1, 1, dim)))
     self.pos_embed = nnx.Param(
         TRUNC_NORMAL_02(rngs.params(), (1, self.patch_embed.num_patches + prefix, dim)))
-    self.blocks = nnx.List([Block(dim, num_heads, mlp_ratio, **kw) for _ in range(depth)])
+    rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # torch.linspace
+    self.blocks = nnx.List([Block(dim, num_heads, mlp_ratio, drop_path=rate, **kw)
+                            for rate in rates])
     self.norm = layer_norm(dim, **kw)
     self.head = _linear(dim, num_classes, **kw)
     if distilled:
       self.head_dist = _linear(dim, num_classes, **kw)
 
   def __call__(self, x, train):
-    del train  # no BatchNorm, no dropout: train and eval compute the same
     if x.shape[1:3] != (self.img_size, self.img_size):
       raise ValueError(f'this ViT takes {self.img_size}x{self.img_size} images, got '
                        f'{x.shape[1]}x{x.shape[2]} (its position embedding is fixed)')
@@ -139,8 +150,8 @@ class VisionTransformer(nnx.Module):
     prefix = [self.cls_token] + ([self.dist_token] if self.distilled else [])
     prefix = [jnp.broadcast_to(t[...].astype(x.dtype), (batch, 1, x.shape[-1])) for t in prefix]
     x = jnp.concatenate([*prefix, x], axis=1) + self.pos_embed[...].astype(x.dtype)
-    for block in self.blocks:
-      x = block(x)
+    for block in self.blocks:  # without drop-path, train and eval compute the same
+      x = block(x, train)
     tokens = self.norm(x)
     features = {'tokens': tokens, 'stages': (), 'preact_stages': ()}
     if not self.distilled:
