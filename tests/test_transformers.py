@@ -305,6 +305,11 @@ def test_bfloat16_vit_keeps_float32_params_and_stays_close(micro_vit):
   assert np.all(np.isfinite(np.asarray(features['pooled'], np.float32)))
 
 
+def test_wrong_image_size_is_a_user_error_naming_the_setting(micro_vit):
+  with pytest.raises(UserError, match='config.data.image_size=64'):
+    micro_vit(jnp.zeros((1, 32, 32, 3)), train=False)
+
+
 def test_teacher_input_norm_maps_data_normalisation_to_the_teachers(micro_vit):
   model = micro_vit
   raw = np.random.RandomState(1).uniform(0, 1, (2, 3, 64, 64)).astype(np.float32)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kd_jax.errors import UserError
 from kd_jax.models import layers
 
 LAYER_NORM_EPS = 1e-6  # timm's ViT LayerNorm
@@ -143,8 +144,9 @@ class VisionTransformer(nnx.Module):
 
   def __call__(self, x, train):
     if x.shape[1:3] != (self.img_size, self.img_size):
-      raise ValueError(f'this ViT takes {self.img_size}x{self.img_size} images, got '
-                       f'{x.shape[1]}x{x.shape[2]} (its position embedding is fixed)')
+      raise UserError(f'this ViT takes {self.img_size}x{self.img_size} images, got '
+                      f'{x.shape[1]}x{x.shape[2]} (its position embedding is fixed): set '
+                      f'config.data.image_size={self.img_size}')
     x = self.patch_embed(x.astype(self.dtype))
     batch = x.shape[0]
     prefix = [self.cls_token] + ([self.dist_token] if self.distilled else [])
