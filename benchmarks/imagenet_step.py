@@ -64,6 +64,8 @@ def run(config_name, pairs, batch_size=8, steps=2, repeats=3, image_size=224,
   benches = []
   for variant in variants:
     bench = train_step.StepBench(variant, steps)
+    # A real host batch (the host feeder's example batch is only shapes), reused every step.
+    bench.batch = next(iter(variant.trainer.feeder.train_batches(0)))
     bench.compile_s = bench.warmup()
     benches.append(bench)
   samples = benchmarks.interleaved(benches, repeats)

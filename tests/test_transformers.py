@@ -435,3 +435,15 @@ def test_vit_smoke_configs_train_under_mock_imagenet(config_file, arg, tmp_path)
   assert result.teacher_top1 is not None
   if 'nd' in arg:  # class means cached under the teacher's own normalisation
     assert any(f.endswith('.inception_input.npy') for f in os.listdir(teacher_dir))
+
+
+@pytest.mark.slow
+def test_imagenet_step_benchmark_reports_a_ratio():
+  from benchmarks import imagenet_step  # pylint: disable=g-import-not-at-top
+  records = imagenet_step.run('imagenet_kd', ['smoke', 'smoke_vit'], batch_size=8, steps=1,
+                              repeats=1, image_size=64)
+  measured = [r for r in records if r['kind'] == 'measurement']
+  assert [r['teacher'] for r in measured] == ['imagenet_resnet18', 'vit_micro_patch16_64']
+  assert measured[1]['teacher_dtype'] == 'bfloat16'  # the config's own
+  (ratio,) = [r for r in records if r['kind'] == 'ratio']
+  assert ratio['step_time_ratio'] > 0 and ratio['denominator'] == 'smoke'
