@@ -216,9 +216,12 @@ def test_drop_path_drops_whole_residual_branches_in_training_only():
   second block is the identity (as timm's DropPath(1.0) would make it); eval drops nothing."""
   model = vit.VisionTransformer(10, drop_path_rate=1.0, rngs=nnx.Rngs(0), **TINY_VIT)
   assert model.blocks[0].drop_path is None and model.blocks[1].drop_path.rate == 1.0
-  plain = vit.VisionTransformer(10, rngs=nnx.Rngs(1), **TINY_VIT)
-  nnx.update(plain, nnx.state(model, nnx.Param))
-  shallow = vit.VisionTransformer(10, rngs=nnx.Rngs(1), **{**TINY_VIT, 'depth': 1})
+  # Shape-only builds (no init cost), filled with `model`'s weights.
+  plain = nnx.merge(nnx.graphdef(nnx.eval_shape(
+      lambda: vit.VisionTransformer(10, rngs=nnx.Rngs(1), **TINY_VIT))),
+                    nnx.state(model, nnx.Param))
+  shallow = nnx.eval_shape(
+      lambda: vit.VisionTransformer(10, rngs=nnx.Rngs(1), **{**TINY_VIT, 'depth': 1}))
   shallow.patch_embed, shallow.norm, shallow.head = model.patch_embed, model.norm, model.head
   shallow.cls_token, shallow.pos_embed = model.cls_token, model.pos_embed
   shallow.blocks = nnx.List([model.blocks[0]])
