@@ -1,7 +1,8 @@
 """Orbax checkpoints: the run's train state (exact resume) and frozen teachers.
 
 A teacher comes from one of three places, told apart by what the path holds:
-  * a PyTorch `.pth`/`.pt` file (mdistiller/CRD/torchvision), read without torch;
+  * a PyTorch `.pth`/`.pt` file (mdistiller/CRD/torchvision/timm) or a `.safetensors`
+    file (timm / Hugging Face hub), read without torch;
   * a kd_jax teacher directory (`teacher.json` + `state/`), written by `save_teacher`
     or `python -m kd_jax.convert_teacher`;
   * a kd_jax run's workdir (e.g. a `cifar_ce` teacher run): its final student.
@@ -62,7 +63,8 @@ def _read_json(path):
 
 
 def load_teacher(path, model_name, num_classes, *, dtype=jnp.float32):
-  """Loads the frozen teacher from a .pth file, a teacher directory or a run's workdir.
+  """Loads the frozen teacher from a .pth/.safetensors file, a teacher directory or a run's
+  workdir.
 
   The stored architecture and class count must match the config's; otherwise a
   UserError says which differs.

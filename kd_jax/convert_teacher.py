@@ -17,7 +17,8 @@ def _parse(argv):
   parser = argparse.ArgumentParser(
       prog='python -m kd_jax.convert_teacher',
       description='Convert a PyTorch (mdistiller/CRD/torchvision) teacher to kd_jax.')
-  parser.add_argument('--pth', required=True, help='PyTorch checkpoint (.pth/.pt)')
+  parser.add_argument('--pth', required=True,
+                      help='PyTorch checkpoint (.pth/.pt) or timm .safetensors file')
   parser.add_argument('--model', required=True, help='kd_jax model name, e.g. resnet32x4')
   parser.add_argument('--num_classes', type=int, default=100,
                       help='classes of the teacher (default 100)')

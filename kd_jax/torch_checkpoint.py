@@ -14,7 +14,11 @@ kd_jax/models/__init__.py), so the mapping is mechanical per layer type:
   Conv2d  weight (O, I/groups, kh, kw)         -> nnx.Conv kernel (kh, kw, I/groups, O)
   Linear  weight (out, in)                     -> nnx.Linear kernel (in, out)
   BatchNorm weight/bias/running_mean/running_var -> scale/bias/mean/var
+  LayerNorm weight/bias                        -> scale/bias
+  a bare nn.Parameter (ViT cls_token, pos_embed) -> the nnx.Param of the same path, as is
   `num_batches_tracked` is ignored.
+The same loader takes timm's `.safetensors` files (kd_jax.safetensors_reader): only the
+container differs, the keys are the state dict's.
 """
 import collections
 import io
@@ -388,6 +392,7 @@ _CONV_FIELDS = (('weight', 'kernel', (2, 3, 1, 0)), ('bias', 'bias', None))
 _LINEAR_FIELDS = (('weight', 'kernel', (1, 0)), ('bias', 'bias', None))
 _BN_FIELDS = (('weight', 'scale', None), ('bias', 'bias', None),
               ('running_mean', 'mean', None), ('running_var', 'var', None))
+_LN_FIELDS = (('weight', 'scale', None), ('bias', 'bias', None))
 
 
 class _Entry:
@@ -413,17 +418,35 @@ class _Entry:
     return value if self.axes is None else np.transpose(value, self.axes)
 
 
+def _layer_fields(node):
+  """The torch fields of a Conv/Linear/BatchNorm/LayerNorm node, else None."""
+  for layer_type, fields in ((nnx.Conv, _CONV_FIELDS), (nnx.Linear, _LINEAR_FIELDS),
+                             (nnx.BatchNorm, _BN_FIELDS), (nnx.LayerNorm, _LN_FIELDS)):
+    if isinstance(node, layer_type):
+      return fields
+  return None
+
+
+def _is_bare_parameter(path, node, nodes):
+  """A Param held directly by a kd_jax module (ViT's cls_token), not by a layer."""
+  parent = nodes.get(tuple(path[:-1]))
+  return (isinstance(node, nnx.Param) and parent is not None
+          and _layer_fields(parent) is None
+          and type(parent).__module__.startswith('kd_jax.'))
+
+
 def _expected_entries(model):
-  """An _Entry for every Conv/Linear/BatchNorm weight; key = module path + torch name."""
+  """An _Entry for every Conv/Linear/BatchNorm/LayerNorm weight (key = module path +
+  torch name) and every bare Param (key = its path)."""
   entries = []
-  for path, node in nnx.iter_graph(model):
-    if isinstance(node, nnx.Conv):
-      fields = _CONV_FIELDS
-    elif isinstance(node, nnx.Linear):
-      fields = _LINEAR_FIELDS
-    elif isinstance(node, nnx.BatchNorm):
-      fields = _BN_FIELDS
-    else:
+  graph = list(nnx.iter_graph(model))
+  nodes = {tuple(path): node for path, node in graph}
+  for path, node in graph:
+    if _is_bare_parameter(path, node, nodes):
+      entries.append(_Entry('.'.join(str(p) for p in path), node, None, False))
+      continue
+    fields = _layer_fields(node)
+    if fields is None:
       continue
     prefix = '.'.join(str(p) for p in path)
     for torch_name, attr, axes in fields:
@@ -444,20 +467,29 @@ def _check_covered(model, model_name, entries):
           f'{model_name}: no PyTorch mapping for {name} ({type(node).__name__})')
 
 
+def read_weights(path):
+  """{key: np.ndarray} from a PyTorch `.pth`/`.pt` or a `.safetensors` file."""
+  from kd_jax import safetensors_reader  # pylint: disable=g-import-not-at-top
+  if os.path.isfile(path) and safetensors_reader.is_safetensors(path):
+    return safetensors_reader.read_safetensors(path), 'safetensors'
+  return read_state_dict(path), 'PyTorch'
+
+
 def load_torch_teacher(path, model_name, num_classes, *, dtype=jnp.float32):
-  """Builds kd_jax model `model_name` with weights and BN statistics from a .pth file.
+  """Builds kd_jax model `model_name` with weights and BN statistics from a .pth or
+  .safetensors file (timm's and torchvision's state-dict keys).
 
   Everything (keys, shapes, class count) is checked before any weight is written.
   """
   from kd_jax import models  # Imported here: the model zoo is only needed to build.
 
-  state = read_state_dict(path)
+  state, kind = read_weights(path)
   model = _empty_model(models, model_name, num_classes, dtype)
   torch_state = {key: value for key, value in state.items()
                  if key.rsplit('.', 1)[-1] not in _IGNORED_SUFFIXES}
   entries = _expected_entries(model)
   _check_covered(model, model_name, entries)
-  where = f'PyTorch checkpoint {path} does not fit {model_name}'
+  where = f'{kind} checkpoint {path} does not fit {model_name}'
 
   missing = [entry.key for entry in entries if entry.key not in torch_state]
   if missing:

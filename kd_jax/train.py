@@ -278,12 +278,14 @@ def _train_teacher(config, workdir, loaded):
   return path
 
 
-def _cache(teacher_path, info, workdir):
-  """Setup.cached: results keyed by (teacher, dataset), kept beside the teacher checkpoint
-  (or in the workdir when that place is read-only), recomputed when the shape differs."""
+def _cache(teacher_path, info, workdir, input_norm="data"):
+  """Setup.cached: results keyed by (teacher, dataset, the teacher's input normalisation
+  when it is not the data's), kept beside the teacher checkpoint (or in the workdir when
+  that place is read-only), recomputed when the shape differs."""
+  norm_key = "" if input_norm == "data" else f".{input_norm}_input"
 
   def cached(name, shape, compute):
-    filename = f"{name}.{info.cache_key}.npy"
+    filename = f"{name}.{info.cache_key}{norm_key}.npy"
     beside = (os.path.join(teacher_path, filename) if os.path.isdir(teacher_path)
               else f"{teacher_path}.{filename}")
     places = [beside, os.path.join(workdir, filename)]
@@ -354,9 +356,12 @@ def _run_locked(config, workdir, loaded, method, teacher, teacher_path, max_step
                                       dtype=DTYPES[config.teacher.dtype])
   mesh = data_mesh()
   feeder = feeders.create(config, mesh, loaded)
+  input_norm = config.teacher.get("input_norm", "data")
+  if teacher is not None:  # the teacher's own input normalisation, inside the same jit
+    teacher = models.with_input_norm(teacher, feeder.info.mean, feeder.info.std, input_norm)
   student = create_student(config, feeder.info.num_classes)
   setup = Setup(student, teacher, feeder, nnx.Rngs(config.seed + 1),
-                _cache(teacher_path, feeder.info, workdir))
+                _cache(teacher_path, feeder.info, workdir, input_norm))
   trainer = Trainer(config, feeder, student, teacher, method, mesh, method.extras(setup),
                     method.frozen(setup))
   start = time.perf_counter()

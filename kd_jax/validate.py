@@ -49,6 +49,8 @@ RULES = {
     "student.bn_group_size": (_non_negative, ">= 0 (0: the whole batch)"),
     "teacher.dtype": (DTYPES.__contains__, f"one of {', '.join(DTYPES)}"),
     "teacher.train_epochs": (_non_negative, ">= 0"),
+    "teacher.input_norm": (models.INPUT_NORMS.__contains__,
+                           f"one of {', '.join(models.INPUT_NORMS)}"),
 }
 
 

@@ -239,6 +239,7 @@ def test_imagenet_checks_sha256_prefix(good_hash, server, pth, tmp_path, capsys,
   prefix = hashlib.sha256(data).hexdigest()[:8] if good_hash else "00000000"
   name = f"resnet8-{prefix}.pth"
   monkeypatch.setattr(fetch_teachers, "IMAGENET_TEACHERS", {name: ("resnet8", count)})
+  monkeypatch.setattr(fetch_teachers, "TIMM_TEACHERS", {})  # tests/test_transformers.py
   server.files[f"/models/{name}"] = data
   status, _, err = _run(capsys, "imagenet", f"--url={server.url}/models/", f"--root={tmp_path}")
   if good_hash:

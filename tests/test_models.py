@@ -60,7 +60,8 @@ def test_names_are_sorted_and_extra_models_build():
   assert models.names() == sorted(models.names())
   assert set(PARAM_COUNTS) <= set(models.names())
   for name in set(models.names()) - set(PARAM_COUNTS):  # resnet8, vgg11, ... too
-    assert _count_params(name) > 0
+    if not name.startswith(('vit_', 'deit_', 'regnet')):  # counted in test_transformers.py
+      assert _count_params(name) > 0
 
 
 def test_unknown_name_is_a_user_error_listing_valid_names():
@@ -88,7 +89,8 @@ def test_forward_shapes(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', models.names())
+@pytest.mark.parametrize('name', [n for n in models.names()  # ViT/DeiT: test_transformers.py
+                                  if not n.startswith(('vit_', 'deit_'))])
 def test_forward_shapes_all_models(name):
   _check_forward(name)
 

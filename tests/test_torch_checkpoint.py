@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 torch = pytest.importorskip(
-    'torch', reason='torch (test-only dependency: pip install torch==2.13.0) writes the '
+    'torch', reason='torch (test-only dependency: pip install -e .[test]) writes the '
     'reference .pth files')
 
 from kd_jax import torch_checkpoint  # pylint: disable=g-import-not-at-top

@@ -3,7 +3,10 @@
 Naming: CIFAR models keep mdistiller's names (resnet8 ... resnet32x4, ResNet18, ResNet50,
 wrn_*, vgg*, MobileNetV2, ShuffleV1, ShuffleV2); CIFAR "ResNet50" is mdistiller's
 `resnetv2.ResNet50`. ImageNet models carry an `imagenet_` prefix (imagenet_resnet18/34/50,
-imagenet_mobilenetv1) so they never clash with the CIFAR names.
+imagenet_mobilenetv1) so they never clash with the CIFAR names. Transformers and RegNetY
+keep timm's model names (vit_small_patch16_224, deit_base_distilled_patch16_224,
+regnety_160, ...) and timm's module names, so timm checkpoints load (kd_jax/models/vit.py,
+regnet.py; LayerNorm weight/bias <-> scale/bias, bare nn.Parameters as they are).
 
 Every model maps `(images [B, H, W, 3], train) -> (logits, features)` where features is
 {'pooled': [B, d] after the last ReLU and global pool, before the classifier,
@@ -30,18 +33,21 @@ import jax.numpy as jnp
 from kd_jax.errors import UserError
 from kd_jax.models import cifar_resnet
 from kd_jax.models import imagenet_resnet
+from kd_jax.models.input_norm import INPUT_NORMS, with_input_norm
 from kd_jax.models import mobilenetv1
 from kd_jax.models import mobilenetv2
+from kd_jax.models import regnet
 from kd_jax.models import resnetv2
 from kd_jax.models import shufflenetv1
 from kd_jax.models import shufflenetv2
 from kd_jax.models import vgg
+from kd_jax.models import vit
 from kd_jax.models import wrn
 
 # name -> (constructor(num_classes, *, rngs, dtype), pooled feature dim).
 _REGISTRY = {}
 for _family in (cifar_resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1,
-                shufflenetv2, imagenet_resnet, mobilenetv1):
+                shufflenetv2, imagenet_resnet, mobilenetv1, vit, regnet):
   _REGISTRY.update(_family.MODELS)
 
 

@@ -4,7 +4,8 @@
       [--teacher=download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth \\
        --teacher_model=resnet32x4] [--dataset=cifar100 --data_dir=DIR]
 
-A checkpoint is whatever kd_jax.checkpoint.load_teacher reads: a PyTorch .pth, a kd_jax
+A checkpoint is whatever kd_jax.checkpoint.load_teacher reads: a PyTorch .pth, a timm
+.safetensors (`--input_norm=inception` for timm's ViTs: their own normalisation), a kd_jax
 teacher directory, or a finished run's workdir (its final student). For a run's workdir
 the data settings default to the run's own (config.json), so the numbers match its log. `--dtype=bfloat16` with the
 same checkpoint as --teacher measures how often a bfloat16 teacher agrees with float32.
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kd_jax import checkpoint, evaluation, train
+from kd_jax import checkpoint, evaluation, models, train
 from kd_jax.data import augment, feeders
 from kd_jax.errors import UserError
 
@@ -98,6 +99,7 @@ def main(argv):
     feeder = feeders.create(_config(flag), train.data_mesh())
     model = checkpoint.load_teacher(flag.checkpoint, flag.model, feeder.info.num_classes,
                                     dtype=train.DTYPES[flag.dtype])
+    model = models.with_input_norm(model, feeder.info.mean, feeder.info.std, flag.input_norm)
     teacher = None
     if flag.teacher:
       teacher = checkpoint.load_teacher(flag.teacher, flag.teacher_model, feeder.info.num_classes)
@@ -116,6 +118,9 @@ if __name__ == "__main__":
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                     "Compute dtype of --checkpoint's model (--teacher runs in float32): "
                     "the same file as both measures bfloat16's agreement with float32.")
+  flags.DEFINE_enum("input_norm", "data", list(models.INPUT_NORMS),
+                    "--checkpoint's own input normalisation, as config.teacher.input_norm "
+                    "(e.g. inception for timm's ViTs); data: the dataset's.")
   flags.DEFINE_string("dataset", "cifar100", "A dataset of kd_jax.data.feeders.DATASETS.")
   flags.DEFINE_string("source", "auto", "auto, folder, tfds or synthetic.")
   flags.DEFINE_string("data_dir", "", "Folder holding cifar-100-python/ (or TFDS data_dir).")

@@ -1,13 +1,14 @@
 """Downloads the published teachers, checks each one, and puts them where the configs look.
 
   python -m kd_jax.tools.fetch_teachers cifar100   # mdistiller's cifar_teachers.tar
-  python -m kd_jax.tools.fetch_teachers imagenet   # torchvision ResNet-34 / ResNet-50
-      [--root=download_ckpts] [--url=URL] [--from_file=PATH]
+  python -m kd_jax.tools.fetch_teachers imagenet   # torchvision ResNet-34 / ResNet-50, timm
+      [--root=download_ckpts] [--url=URL] [--from_file=PATH]   # ViT-S/16, ViT-B/16, RegNetY-16GF
 
 cifar100 unpacks to ROOT/cifar_teachers/<model>_vanilla/ckpt_epoch_240.pth
-(configs/cifar_common.py TEACHER_PATH); imagenet puts ROOT/imagenet_teachers/<file>.pth.
-Every teacher must load with kd_jax's reader and hold the parameter count of METHODS.md
-section 7; torchvision files must also match the sha256 prefix in their names. Work
+(configs/cifar_common.py TEACHER_PATH); imagenet puts ROOT/imagenet_teachers/<file>
+(configs/imagenet_common.py TEACHER_PATHS). Every teacher must load with kd_jax's reader
+and hold the parameter count of its kd_jax model (tests/test_models.py); files whose names
+carry a sha256 prefix (torchvision's, DeiT's RegNetY) must also match it. Work
 happens beside the destination and is renamed into place only when all of it checks
 out, so a failure leaves nothing where the configs look: at most ROOT/<file>.part, which
 the next run resumes with an HTTP Range request. Any failure prints one line, exit 2.
@@ -38,6 +39,21 @@ CIFAR_TEACHERS = {"resnet56": 861_620, "resnet110": 1_736_564, "resnet32x4": 7_4
 # torchvision file (its name carries the first 8 hex digits of its sha256) -> (model, count).
 IMAGENET_TEACHERS = {"resnet34-b627a593.pth": ("imagenet_resnet34", 21_797_672),
                      "resnet50-0676ba61.pth": ("imagenet_resnet50", 25_557_032)}
+# timm teachers of the ND paper's transformer experiments: file -> (model, count, URL).
+# The ViTs are what ND's ImageNet/ViT/train_*.py get from timm 0.6.12 with pretrained=True
+# (the augreg in21k->in1k weights; timm now serves them from the Hugging Face hub, in
+# .safetensors); RegNetY-16GF is DeiT's teacher, the file ND's DeiT/README command names.
+_HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
+TIMM_TEACHERS = {
+    "vit_small_patch16_224.augreg_in21k_ft_in1k.safetensors": (
+        "vit_small_patch16_224", 22_050_664,
+        _HF.format("vit_small_patch16_224.augreg_in21k_ft_in1k")),
+    "vit_base_patch16_224.augreg_in21k_ft_in1k.safetensors": (
+        "vit_base_patch16_224", 86_567_656,
+        _HF.format("vit_base_patch16_224.augreg_in21k_ft_in1k")),
+    "regnety_160-a5fe301d.pth": (
+        "regnety_160", 83_590_140, "https://dl.fbaipublicfiles.com/deit/regnety_160-a5fe301d.pth"),
+}
 TIMEOUT_S = 60  # per socket operation, not for the whole download
 
 
@@ -188,19 +204,32 @@ def fetch_cifar(url, root, from_file=None):
 
 
 def _check_imagenet(path, name, model, count, shown):
-  with open(path, "rb") as file:
-    digest = hashlib.file_digest(file, "sha256").hexdigest()
-  prefix = re.search(r"-([0-9a-f]+)\.", name)[1]
-  if not digest.startswith(prefix):
-    raise UserError(f"{shown} has sha256 {digest[:8]}..., its name says {prefix}: "
-                    "a corrupt or different file")
+  hashed = re.search(r"-([0-9a-f]{8,})\.", name)
+  if hashed:
+    with open(path, "rb") as file:
+      digest = hashlib.file_digest(file, "sha256").hexdigest()
+    if not digest.startswith(hashed[1]):
+      raise UserError(f"{shown} has sha256 {digest[:8]}..., its name says {hashed[1]}: "
+                      "a corrupt or different file")
   check_teacher(path, model, 1000, count, shown=shown)
 
 
-def fetch_imagenet(base_url, root, from_dir=None):
-  """Installs the torchvision teachers in ROOT/imagenet_teachers, each checked first."""
-  folder = os.path.join(root, "imagenet_teachers")
+def imagenet_files(base_url):
+  """(file, model, count, url) of every ImageNet teacher; a --url other than torchvision's
+  is a folder holding all of them."""
   for name, (model, count) in IMAGENET_TEACHERS.items():
+    yield name, model, count, base_url.rstrip("/") + "/" + name
+  for name, (model, count, url) in TIMM_TEACHERS.items():
+    if base_url != IMAGENET_URL:
+      url = base_url.rstrip("/") + "/" + name
+    yield name, model, count, url
+
+
+def fetch_imagenet(base_url, root, from_dir=None):
+  """Installs the ImageNet teachers in ROOT/imagenet_teachers, each checked first."""
+  folder = os.path.join(root, "imagenet_teachers")
+  files = list(imagenet_files(base_url))
+  for name, model, count, url in files:
     final = os.path.join(folder, name)
     if os.path.exists(final):
       try:
@@ -214,14 +243,14 @@ def fetch_imagenet(base_url, root, from_dir=None):
       if from_dir:
         shutil.copyfile(os.path.join(from_dir, name), staging)
       else:
-        download(base_url.rstrip("/") + "/" + name, staging)
+        download(url, staging)
       _check_imagenet(staging, name, model, count, name)
       os.makedirs(folder, exist_ok=True)
       os.replace(staging, final)
     finally:
       if os.path.exists(staging):
         os.remove(staging)
-  return f"{folder} holds the {len(IMAGENET_TEACHERS)} ImageNet teachers, each checked"
+  return f"{folder} holds the {len(files)} ImageNet teachers, each checked"
 
 
 def main(argv=None):
@@ -247,7 +276,7 @@ def main(argv=None):
       manual = (f"download {url} by hand and run `tar xf cifar_teachers.tar -C {args.root}` "
                 "(or pass --from_file=cifar_teachers.tar)")
     else:
-      files = " and ".join(url.rstrip("/") + "/" + name for name in IMAGENET_TEACHERS)
+      files = " and ".join(file_url for *_, file_url in imagenet_files(url))
       manual = (f"download {files} by hand into {args.root}/imagenet_teachers/ "
                 "(or pass --from_file=FOLDER)")
     print(f"error: {error}; to install by hand, {manual}".replace("\n", " "), file=sys.stderr)

@@ -4,8 +4,9 @@ Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers
 directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
 authors' README (KD++, DKD++), the logit standardization README (+LS, CTKD, MLKD, and
 KD/DKD on its extra pairs), the CRD README (feature baselines, VID and CRD,
-METHODS.md 9) and the ReviewKD row of the ND authors' README; `SOURCES` names the one
-of each number. CIFAR entries are CIFAR-100; `imagenet_*` entries
+METHODS.md 9), the ReviewKD row of the ND authors' README, and the ND README's
+transformer tables (ViT -> ResNet-18, RegNetY-16GF -> DeiT-B); `SOURCES` names the one of
+each number. CIFAR entries are CIFAR-100; `imagenet_*` entries
 are ImageNet-1k.
 """
 
@@ -19,6 +20,11 @@ TEACHERS = {
     "ResNet50": 79.34,
     "imagenet_resnet34": 73.31,
     "imagenet_resnet50": 76.16,
+    # ND README, "Distillation between CNN and Transformer": the teacher columns (timm
+    # weights evaluated through the ND code's ImageNet-normalised pipeline).
+    "vit_small_patch16_224": 74.64,
+    "vit_base_patch16_224": 78.00,
+    "regnety_160": 82.9,
 }
 
 # Students trained alone with cross-entropy (CIFAR-100).
@@ -32,6 +38,9 @@ STUDENTS = {
     "MobileNetV2": 64.60,
     "ShuffleV1": 70.50,
     "ShuffleV2": 71.82,
+    # ImageNet-1k (ND README): ResNet-18 (torchvision) and DeiT-B without distillation.
+    "imagenet_resnet18": 69.76,
+    "deit_base_patch16_224": 81.8,
 }
 
 # (method, teacher, student) -> top-1; blank cells are absent.
@@ -41,6 +50,8 @@ _MDISTILLER, _ND = "mdistiller README", "ND authors' README"
 _LS = "logit standardization README"
 _CRD = "CRD README (RepDistiller), CIFAR-100 tables 1-2"
 _ND_REVIEWKD = "ND authors' README (ReviewKD row)"
+_ND_VIT = "ND authors' README, 1.2 ViT -> ResNet"
+_ND_DEIT = "ND authors' README, 1.2 CNN -> ViT (DeiT: distillation token, RegNetY-16GF)"
 _TABLES = (
     ({"KD": _MDISTILLER, "DKD": _MDISTILLER, "KD++": _ND, "DKD++": _ND}, (
          ("resnet56", "resnet20", 70.66, 71.97, 72.53, 72.16),
@@ -128,6 +139,14 @@ _TABLES = (
          ("resnet32x4", "ShuffleV2", 73.40),
          ("wrn_40_2", "ShuffleV1", 73.61),
      )),
+    # Transformers in the ND README (METHODS.md 11), ImageNet-1k.
+    (dict.fromkeys(("KD", "DKD", "KD++", "DKD++"), _ND_VIT), (
+         ("vit_small_patch16_224", "imagenet_resnet18", 71.32, 71.21, 71.46, 71.33),
+         ("vit_base_patch16_224", "imagenet_resnet18", 71.63, 71.62, 71.84, 71.69),
+     )),
+    (dict.fromkeys(("DeiT", "DeiT++"), _ND_DEIT), (
+         ("regnety_160", "deit_base_distilled_patch16_224", 83.4, 83.6),
+     )),
 )
 # config.method.name -> the published name of a method without variants (METHODS.md 9).
 NAMED = {"fitnet": "FitNet", "at": "AT", "nst": "NST", "sp": "SP", "pkt": "PKT", "rkd": "RKD",
@@ -144,9 +163,13 @@ for _sources, _rows in _TABLES:
 PAIR_ORDER = tuple(dict.fromkeys((t, s) for _, rows in _TABLES for t, s, *_ in rows))
 
 
+# ImageNet model names: the zoo's CNNs, and the timm-named transformers and RegNets.
+IMAGENET_PREFIXES = ("imagenet_", "vit_", "deit_", "regnet")
+
+
 def dataset_of(model):
   """The dataset the published numbers for `model` refer to."""
-  return "imagenet" if model.startswith("imagenet_") else "cifar100"
+  return "imagenet" if model.startswith(IMAGENET_PREFIXES) else "cifar100"
 
 
 
