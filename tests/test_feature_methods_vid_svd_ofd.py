@@ -431,7 +431,11 @@ def dataset():
   return data.load("cifar10", "synthetic", synthetic_train_size=32, synthetic_test_size=16)
 
 
-@pytest.mark.parametrize("module", [cifar_vid, cifar_kdsvd, cifar_ofd], ids=["vid", "kdsvd", "ofd"])
+# vid in the default suite; kdsvd and ofd (25-45 s each) in the slow one.
+@pytest.mark.parametrize("module", [
+    pytest.param(cifar_vid, id="vid"),
+    pytest.param(cifar_kdsvd, id="kdsvd", marks=pytest.mark.slow),
+    pytest.param(cifar_ofd, id="ofd", marks=pytest.mark.slow)])
 def test_one_train_step_trains_the_extras_but_not_into_the_student(module, dataset):
   config = module.get_config("smoke")
   config.teacher.model, config.batch_size = "resnet8", 16

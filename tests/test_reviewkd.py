@@ -386,6 +386,7 @@ def test_fields_and_formula():
 
 # ------------------------------------------------------------------ train step, config
 
+@pytest.mark.slow  # ~30 s; FitNet's and VID's one-step tests cover the trainer path
 def test_one_train_step_trains_the_connectors_but_not_into_the_student():
   dataset = data.load("cifar10", "synthetic", synthetic_train_size=32, synthetic_test_size=16)
   config = cifar_reviewkd.get_config("smoke")

@@ -211,6 +211,7 @@ def test_timm_regnet_checkpoint_loads_and_gives_timms_logits(tiny_regnet, tmp_pa
                              rtol=1e-5)
 
 
+@pytest.mark.slow  # ~35 s on 2 cores
 def test_drop_path_drops_whole_residual_branches_in_training_only():
   """drop_path_rate=1 with 2 blocks: rates linspace(0, 1, 2) = (0, 1), so in training the
   second block is the identity (as timm's DropPath(1.0) would make it); eval drops nothing."""
