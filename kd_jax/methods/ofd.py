@@ -24,6 +24,7 @@ from flax import nnx
 import jax.numpy as jnp
 
 from kd_jax import losses
+from kd_jax.errors import UserError
 from kd_jax.methods.base import Method, cross_entropy, non_negative, one_of
 from kd_jax.models import layers
 
@@ -79,6 +80,9 @@ class OFD(Method):
   def frozen(self, setup):
     """Per-stage margins [C_t] from the teacher's BatchNorms before its stages' ReLUs."""
     student, teacher = self._stage_shapes(setup)
+    if not hasattr(setup.teacher, "bn_before_relu"):
+      raise UserError(f"OFD needs a CNN teacher with a BatchNorm before each stage's ReLU; "
+                      f"{type(setup.teacher).__name__} has none")
     bns = setup.teacher.bn_before_relu()
     _, bns = aligned(student, bns)
     margins = tuple(jnp.asarray(losses.ofd_margin(bn.scale[...], bn.bias[...])) for bn in bns)
