@@ -46,9 +46,13 @@ def as_percent(sums):
 
 
 class Evaluator:
-  """Top-1 / top-5 (%) and CE of one model graph over the feeder's test split."""
+  """Top-1 / top-5 (%) and CE of one model graph over the feeder's test split.
 
-  def __init__(self, feeder, graphdef):
+  `over_seeds`: the variables carry a leading seed axis (kd_jax.seeds) and the result is
+  a list, one dict per seed; each batch is read once for all of them.
+  """
+
+  def __init__(self, feeder, graphdef, over_seeds=False):
     mean = jnp.asarray(feeder.info.mean, jnp.float32)
     std = jnp.asarray(feeder.info.std, jnp.float32)
 
@@ -57,8 +61,14 @@ class Evaluator:
       logits, _ = model(augment.normalize(images, mean, std), train=False)
       return classification_sums(logits, labels, mask)
 
-    self.feeder, self.batch_sums = feeder, batch_sums(feeder, sums)
+    if over_seeds:
+      sums = jax.vmap(sums, in_axes=(0, None, None, None), spmd_axis_name="seed")
+    self.feeder, self.batch_sums, self.over_seeds = feeder, batch_sums(feeder, sums), over_seeds
 
   def __call__(self, *variables):
     """`variables`: the nnx states that nnx.merge(graphdef, ...) takes."""
-    return as_percent(total(self.batch_sums, variables, self.feeder.eval_batches()))
+    sums = total(self.batch_sums, variables, self.feeder.eval_batches())
+    if self.over_seeds:
+      return [as_percent(jax.tree.map(lambda x, i=i: x[i], sums))
+              for i in range(len(sums["count"]))]
+    return as_percent(sums)
