@@ -48,11 +48,12 @@ def as_percent(sums):
 class Evaluator:
   """Top-1 / top-5 (%) and CE of one model graph over the feeder's test split.
 
-  `over_seeds`: the variables carry a leading seed axis (kd_jax.seeds) and the result is
-  a list, one dict per seed; each batch is read once for all of them.
+  `over_seeds` (kd_jax.seeds): a function that maps one model's sums function to one over
+  variables with a leading seed axis; the result is then a list, one dict per seed, and
+  each batch is read once for all of them.
   """
 
-  def __init__(self, feeder, graphdef, over_seeds=False):
+  def __init__(self, feeder, graphdef, over_seeds=None):
     mean = jnp.asarray(feeder.info.mean, jnp.float32)
     std = jnp.asarray(feeder.info.std, jnp.float32)
 
@@ -61,8 +62,8 @@ class Evaluator:
       logits, _ = model(augment.normalize(images, mean, std), train=False)
       return classification_sums(logits, labels, mask)
 
-    if over_seeds:
-      sums = jax.vmap(sums, in_axes=(0, None, None, None), spmd_axis_name="seed")
+    if over_seeds is not None:
+      sums = over_seeds(sums)
     self.feeder, self.batch_sums, self.over_seeds = feeder, batch_sums(feeder, sums), over_seeds
 
   def __call__(self, *variables):

@@ -78,6 +78,46 @@ def shared_or_stacked(values):
   return stack(values), 0
 
 
+def default_within_device(device):
+  """How a device runs its several seeds: 'vmap' (one batched program: bigger kernels,
+  what a GPU or TPU wants) or 'loop' (one seed after another in the same program). XLA's
+  CPU backend lowers a vmapped convolution (grouped by seed) to a far slower kernel than
+  the plain one, so CPUs loop."""
+  return "loop" if device.platform == "cpu" else "vmap"
+
+
+def over_seeds(fn, mesh, in_axes, within):
+  """`fn` of one seed's arguments -> the same over all seeds: arguments whose `in_axes`
+  (a prefix tree of the arguments) is 0 carry a leading seed axis, None ones are shared;
+  every output gets the seed axis. The seed axis is laid over the mesh's 'seed' axis
+  (shard_map, manual), each device runs its own seeds `within` ('vmap' or 'loop'), and
+  the mesh's 'data' axis stays automatic: each seed's batch is split as in a single run."""
+  is_axis = lambda x: x is None
+  specs = jax.tree.map(lambda axis: P() if axis is None else P("seed"), in_axes,
+                       is_leaf=is_axis)
+
+  def local(*args):
+    if within == "vmap":
+      return jax.vmap(fn, in_axes=in_axes)(*args)
+    mapped = [leaf for axis, sub in zip(jax.tree.leaves(in_axes, is_leaf=is_axis),
+                                        _subtrees(in_axes, args))
+              if axis is not None for leaf in jax.tree.leaves(sub)]
+    take = lambda i: jax.tree.map(  # pylint: disable=g-long-lambda
+        lambda axis, sub: sub if axis is None else jax.tree.map(lambda x: x[i], sub),
+        in_axes, args, is_leaf=is_axis)
+    return stack([fn(*take(i)) for i in range(mapped[0].shape[0])])
+
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P("seed"),
+                       axis_names={"seed"})
+
+
+def _subtrees(prefix, tree):
+  """The subtrees of `tree` at the leaves of its prefix tree `prefix` (None leaves too)."""
+  found = []
+  jax.tree.map(lambda _, sub: found.append(sub), prefix, tree, is_leaf=lambda x: x is None)
+  return found
+
+
 def device_memory_limit(device):
   """Bytes the device lets a program use, where the platform says (GPU, TPU); else None."""
   try:
@@ -135,10 +175,12 @@ class SeedsTrainer(train.Trainer):
 
   `students`, `teachers`, `extras`, `frozen`: one per seed (the same teacher object for
   all when it is shared). Trainer.train_loop drives it unchanged; `run` takes one
-  workdir per seed and returns one RunResult per seed.
+  workdir per seed and returns one RunResult per seed. `within_device`: how a device runs
+  its several seeds, 'vmap' or 'loop' (default_within_device).
   """
 
-  def __init__(self, config, seeds, feeder, students, teachers, method, mesh, extras, frozen):
+  def __init__(self, config, seeds, feeder, students, teachers, method, mesh, extras, frozen,
+               within_device=None):
     self.config, self.method, self.mesh, self.seeds = config, method, mesh, list(seeds)
     self.steps_per_epoch = feeder.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.num_epochs
@@ -168,8 +210,9 @@ class SeedsTrainer(train.Trainer):
         method=method, feeder=feeder, optimizer=self.optimizer,
         trainable_def=self.trainable_def, teacher_def=teacher_def,
         steps_per_epoch=self.steps_per_epoch, skip_nonfinite=config.skip_nonfinite)
-    seeds_step = jax.vmap(step, in_axes=(0, 0, frozen_axes, feeder.SEEDS_BATCH_AXES),
-                          spmd_axis_name="seed")
+    self.within_device = within_device or default_within_device(mesh.devices.flat[0])
+    seeds_step = over_seeds(step, mesh, (0, 0, frozen_axes, feeder.SEEDS_BATCH_AXES),
+                            self.within_device)
     batch = next(self.feeder.train_batches(0))
     self._metric_shapes = step_lib.metric_shapes(seeds_step, self.state, self.frozen, batch)
     self.train_step = jax.jit(seeds_step, donate_argnums=(0, 1),
@@ -183,9 +226,11 @@ class SeedsTrainer(train.Trainer):
     seed_axis = mesh.shape["seed"]
     self.memory = step_memory(self.train_step, shared, len(self.seeds) // seed_axis)
     self._check_memory(seed_axis)
-    self.evaluate = evaluation.Evaluator(feeder, self.trainable_def, over_seeds=True)
+    variables_over_seeds = lambda fn: over_seeds(fn, mesh, (0, None, None, None),  # pylint: disable=g-long-lambda
+                                                 self.within_device)
+    self.evaluate = evaluation.Evaluator(feeder, self.trainable_def, variables_over_seeds)
     self.evaluate_teacher = has_teacher and evaluation.Evaluator(
-        feeder, teacher_def, over_seeds=teacher_axis is not None)
+        feeder, teacher_def, None if teacher_axis is None else variables_over_seeds)
     self._take = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree),
                          out_shardings=self.replicated)
     self.stop_requested = threading.Event()

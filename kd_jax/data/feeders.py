@@ -92,6 +92,13 @@ class DeviceFeeder:
     self._permutation = jax.jit(lambda epoch: batching.epoch_permutation(seed, epoch, size),
                                 out_shardings=replicated)
 
+  def _over_data(self, index):
+    """The batch's indices split over the 'data' mesh axis. Inside kd_jax.seeds'
+    shard_map (a mesh in context, its 'seed' axis manual) by the axis name alone."""
+    if not jax.sharding.get_abstract_mesh().empty:
+      return jax.lax.with_sharding_constraint(index, P("data"))
+    return jax.lax.with_sharding_constraint(index, self._sharding)
+
   def train_batches(self, epoch):
     batch = self._train | {"permutation": self._permutation(epoch)}
     while True:
@@ -124,7 +131,7 @@ class DeviceFeeder:
   def train_inputs(self, batch, step, method):
     index = batching.batch_indices(batch["permutation"], step % self.steps_per_epoch,
                                    self._batch_size)
-    index = jax.lax.with_sharding_constraint(index, self._sharding)
+    index = self._over_data(index)
     seed = batch.get("seed", self._seed)  # traced per seed in a program of several seeds
     key = jax.random.fold_in(jax.random.key(seed), step)
     return method.views(key, batch["images"][index]), batch["labels"][index], index
@@ -142,7 +149,7 @@ class DeviceFeeder:
     return self._pass(self._train, self.info.num_train, key)
 
   def pass_inputs(self, batch):
-    index = jax.lax.with_sharding_constraint(batch["index"], self._sharding)
+    index = self._over_data(batch["index"])
     images = batch["images"][index]
     if "key" in batch:  # the training split, augmented as for training
       images = augment.random_crop_flip(batch["key"], images)
