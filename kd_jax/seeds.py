@@ -151,6 +151,19 @@ def step_memory(compiled, shared_bytes, seeds_per_device):
   return StepMemory(int(need), int(shared_bytes), seeds_per_device)
 
 
+def check_fits(memory, limit, num_seeds, seed_axis, device_kind, num_devices):
+  """More seeds than the devices hold (`limit` bytes each, None: unknown): one line that
+  says how many fit."""
+  if limit is None or memory is None or memory.per_device <= limit:
+    return
+  fits = memory.seeds_that_fit(limit, seed_axis)
+  raise UserError(
+      f"--seeds: {num_seeds} seeds need about {memory.per_device / GIB:.1f} GiB on each "
+      f"device ({memory.per_seed / GIB:.2f} GiB per seed + {memory.shared / GIB:.2f} GiB "
+      f"shared) but a {device_kind} has {limit / GIB:.1f} GiB: about {fits} fit on these "
+      f"{num_devices} devices; pass at most {fits} seeds")
+
+
 def _bytes(tree):
   return sum(leaf.nbytes for leaf in jax.tree.leaves(tree) if hasattr(leaf, "nbytes"))
 
@@ -225,7 +238,9 @@ class SeedsTrainer(train.Trainer):
                                               (frozen_extras, extras_axis)) if axis is None])
     seed_axis = mesh.shape["seed"]
     self.memory = step_memory(self.train_step, shared, len(self.seeds) // seed_axis)
-    self._check_memory(seed_axis)
+    device = mesh.devices.flat[0]
+    check_fits(self.memory, device_memory_limit(device), len(self.seeds), seed_axis,
+               device.device_kind, mesh.size)
     variables_over_seeds = lambda fn: over_seeds(fn, mesh, (0, None, None, None),  # pylint: disable=g-long-lambda
                                                  self.within_device)
     self.evaluate = evaluation.Evaluator(feeder, self.trainable_def, variables_over_seeds)
@@ -234,19 +249,6 @@ class SeedsTrainer(train.Trainer):
     self._take = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree),
                          out_shardings=self.replicated)
     self.stop_requested = threading.Event()
-
-  def _check_memory(self, seed_axis):
-    """More seeds than the devices hold: one line that says how many fit."""
-    device = self.mesh.devices.flat[0]
-    limit = device_memory_limit(device)
-    if limit is None or self.memory is None or self.memory.per_device <= limit:
-      return
-    memory, fits = self.memory, self.memory.seeds_that_fit(limit, seed_axis)
-    raise UserError(
-        f"--seeds: {len(self.seeds)} seeds need about {memory.per_device / GIB:.1f} GiB on "
-        f"each device ({memory.per_seed / GIB:.2f} GiB per seed + {memory.shared / GIB:.2f} "
-        f"GiB shared) but {device.device_kind} has {limit / GIB:.1f} GiB: about {fits} "
-        f"fit on these {self.mesh.size} devices; pass at most {fits} seeds")
 
   def init_metric_sums(self):
     return step_lib.init_metric_sums(self._metric_shapes, self.per_seed)
