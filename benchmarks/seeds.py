@@ -1,7 +1,7 @@
 """N seeds in one program (kd_jax.seeds) against N sequential single-seed runs.
 
   python -m benchmarks.seeds --pair res56_res20 --method kd --seeds 2,4 --batch-size 64 \
-      [--cpu-devices 2] [--steps 3] [--repeats 3] [--train-size 1024]
+      [--cpu-devices 2] [--steps 3] [--repeats 3] [--train-size 1024] [--within vmap|loop]
 
 Builds, in one process, the single-seed Trainer and one SeedsTrainer per count in --seeds
 (random-weight teacher, synthetic CIFAR-100-shaped data on the device), times their bare
@@ -18,7 +18,7 @@ import benchmarks
 from benchmarks import train_step as train_step_bench
 
 
-def _trainer(config, dataset, method, num_seeds):
+def _trainer(config, dataset, method, num_seeds, within=None):
   """A single-seed Trainer (num_seeds 1) or a SeedsTrainer of seeds 0..N-1."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -49,7 +49,8 @@ def _trainer(config, dataset, method, num_seeds):
     memory = seeds.step_memory(compiled, 0, 1)
   else:
     trainer = seeds.SeedsTrainer(config, range(num_seeds), feeder, students,
-                                 [teacher] * num_seeds, method, mesh, extras, frozen)
+                                 [teacher] * num_seeds, method, mesh, extras, frozen,
+                                 within_device=within)
     batch, memory = next(trainer.feeder.train_batches(0)), trainer.memory
   return trainer, batch, memory, dict(mesh.shape)
 
@@ -86,6 +87,8 @@ def main():
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--train-size", type=int, default=1024)
+  parser.add_argument("--within", default=None, choices=("vmap", "loop"),
+                      help="how a device runs its seeds (default: vmap on GPU/TPU, loop on CPU)")
   args = parser.parse_args()
   train_step_bench._start_jax(args.cpu_devices)  # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top
@@ -101,7 +104,7 @@ def main():
             **train_step_bench.jax_info(), **benchmarks.host_info()}
   benches, built = [], {}
   for count in counts:
-    trainer, batch, memory, mesh = _trainer(config, dataset, method, count)
+    trainer, batch, memory, mesh = _trainer(config, dataset, method, count, args.within)
     bench = SeedsStepBench(trainer, batch, args.steps)
     bench._run(2)  # pylint: disable=protected-access  # compiled already; warm up
     benches.append(bench)
@@ -111,7 +114,9 @@ def main():
   for count, sample in zip(counts, samples):
     summaries[count] = benchmarks.summarize(sample, args.batch_size * count)
     memory, mesh = built[count]
-    benchmarks.emit({"kind": "measurement", "seeds": count, "mesh": mesh, **summaries[count],
+    within = getattr(benches[counts.index(count)].trainer, "within_device", None)
+    benchmarks.emit({"kind": "measurement", "seeds": count, "mesh": mesh, "within": within,
+                     **summaries[count],
                      "memory_per_device_mib": round(memory.per_device / 2**20, 2),
                      "memory_per_seed_mib": round(memory.per_seed / 2**20, 2), **common})
   single_ms, single_memory = summaries[1]["step_ms"], built[1][0].per_device

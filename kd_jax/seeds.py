@@ -1,24 +1,27 @@
 """Seeds in one program: N independent runs of one config, one compiled step (issue #19).
 
 Every number of a KD paper is a mean over seeds, and a CIFAR student leaves a device
-mostly idle. Here the pure step (kd_jax.step) is vmapped over a leading seed axis of the
-train state, the metric sums and each seed's batch order and augmentation seed, while
-the dataset and the frozen teacher are shared (in_axes None, one copy per device). So
-each seed has its own initialisation, data order, augmentation, method state (a CRD
-memory bank) and optimizer state, and batch-level losses and BatchNorm see that seed's
-batch only.
+mostly idle. Here the pure step (kd_jax.step, unchanged) is mapped over a leading seed
+axis of the train state, the metric sums and each seed's batch order and augmentation
+seed, while the dataset and the frozen teacher are shared (one copy per device). So each
+seed has its own initialisation, data order, augmentation, method state (a CRD memory
+bank) and optimizer state, and batch-level losses and BatchNorm see that seed's batch
+only. A method's frozen extras are shared when every seed computed the same (ND's class
+means, cached per teacher), else per seed; smoke runs train one teacher per seed, as each
+seed alone would, and those teachers are then per seed too.
 
 A ('seed', 'data') mesh lays the seeds over the devices first: the seed axis has
-gcd(seeds, devices) devices, and the other devices split each seed's batch as they do
-a single run's (5 seeds on 4 devices: seed axis 1, each batch over 4 devices; 4 seeds on
-8 devices: 4 x 2; 8 seeds on 4 devices: 4 x 1, two seeds vmapped per device).
+gcd(seeds, devices) devices (shard_map, manual over 'seed'), the other devices split each
+seed's batch as they split a single run's ('data' stays automatic). 5 seeds on 4
+devices: 1 x 4, each batch over the 4 devices; 4 seeds on 8 devices: 4 x 2; 8 seeds on 4
+devices: 4 x 1, two seeds per device. A device runs its own seeds with jax.vmap on GPUs
+and TPUs (bigger kernels) and one after another on CPUs (default_within_device).
 
 Each seed writes its own workdir exactly as a run of that seed alone (config.json,
-metrics.jsonl, checkpoints, final_student, summary.json), so `summarize`, `plots`, the
-resume of either kind and a single-seed run continuing a seed's workdir all work. The
-numbers are those of the seed run alone up to float rounding: XLA computes the vmapped
-convolutions and matrix products as batched ones whose reduction order may differ.
-Only device-resident (CIFAR-sized) datasets are supported.
+metrics.jsonl, checkpoints, final_student, summary.json), so `summarize`, `plots`, either
+kind of resume, and a single-seed run continuing a seed's workdir all work. The numbers
+are those of the seed alone up to float rounding (tests/test_seeds.py says why bits
+differ). Only device-resident (CIFAR-sized) datasets are supported.
 """
 import contextlib
 import dataclasses
