@@ -166,10 +166,12 @@ def test_sigterm_stops_every_seed_and_resumes_them_exactly(tmp_path, monkeypatch
   straight = [str(tmp_path / "straight" / f"seed{seed}") for seed in SEEDS]
   seeds.train_and_evaluate_seeds(config, SEEDS, straight, dataset)
   original_write = MetricWriter.write
+  sent = []
 
-  def write_then_preempt(self, step, kind, scalars):
+  def write_then_preempt(self, step, kind, scalars):  # one signal, as a scheduler sends
     original_write(self, step, kind, scalars)
-    if kind == "train" and step == 2:
+    if kind == "train" and step == 2 and not sent:
+      sent.append(step)
       os.kill(os.getpid(), signal.SIGTERM)
 
   monkeypatch.setattr(MetricWriter, "write", write_then_preempt)
