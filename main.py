@@ -1,8 +1,10 @@
 """kd_jax entry point: python main.py --config=configs/cifar_cskd.py [--workdir=DIR].
 
 Without --workdir a run lives in runs/<config file>/<its argument>/seed<seed> (e.g.
-runs/cifar_cskd/res32x4_res8x4/seed0); the same command resumes it. All logic lives in
-kd_jax.train. Exit status: 0 done (or already complete); 2 a user
+runs/cifar_cskd/res32x4_res8x4/seed0); the same command resumes it. --seeds=0,1,2,3,4
+trains one independent run per seed in one program (kd_jax.seeds), each in its own
+<workdir>/seed<N> (default runs/<config file>/<its argument>/seed<N>), exactly as
+--config.seed=N would. All logic lives in kd_jax.train and kd_jax.seeds. Exit status: 0 done (or already complete); 2 a user
 error (bad config, missing data or checkpoint, divergence), printed as one line; 128+N
 stopped by signal N (SIGTERM: 143) after writing a checkpoint: rerun to resume.
 """
@@ -17,6 +19,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from kd_jax import seeds as seeds_lib
 from kd_jax import train
 from kd_jax.errors import UserError
 
@@ -26,6 +29,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
                                "(default: runs/<config file>/<argument>/seed<seed>).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                 "Delete a run of another config found in --workdir.")
+_SEEDS = flags.DEFINE_list("seeds", None, "Seeds trained together in one program (CIFAR-sized "
+                           "data), each in <workdir>/seed<N>; overrides config.seed.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -92,14 +97,32 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"], _CONFIG.value.seed)
-  logging.info("workdir: %s", workdir)
   try:
-    result = train.train_and_evaluate(_CONFIG.value, workdir, overwrite=_OVERWRITE.value)
+    if _SEEDS.value is not None:
+      results = _train_seeds()
+    else:
+      workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"], _CONFIG.value.seed)
+      logging.info("workdir: %s", workdir)
+      results = [train.train_and_evaluate(_CONFIG.value, workdir, overwrite=_OVERWRITE.value)]
   except UserError as error:
     _fail(error)
-  if result.signal is not None:  # preempted: checkpointed; the conventional 128 + signal number
-    sys.exit(128 + result.signal)
+  signals = [result.signal for result in results if result.signal is not None]
+  if signals:  # preempted: checkpointed; the conventional 128 + signal number
+    sys.exit(128 + signals[0])
+
+
+def _train_seeds():
+  try:
+    seeds = [int(seed) for seed in _SEEDS.value]
+  except ValueError:
+    raise UserError(f"--seeds={','.join(_SEEDS.value)}: give integers, e.g. --seeds=0,1,2") from None
+  if not seeds:
+    raise UserError("--seeds is empty: give integers, e.g. --seeds=0,1,2")
+  workdirs = [os.path.join(_WORKDIR.value, f"seed{seed}") if _WORKDIR.value
+              else default_workdir(flags.FLAGS["config"], seed) for seed in seeds]
+  logging.info("workdirs: %s", ", ".join(workdirs))
+  return seeds_lib.train_and_evaluate_seeds(_CONFIG.value, seeds, workdirs,
+                                            overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":

@@ -46,9 +46,14 @@ def as_percent(sums):
 
 
 class Evaluator:
-  """Top-1 / top-5 (%) and CE of one model graph over the feeder's test split."""
+  """Top-1 / top-5 (%) and CE of one model graph over the feeder's test split.
 
-  def __init__(self, feeder, graphdef):
+  `over_seeds` (kd_jax.seeds): a function that maps one model's sums function to one over
+  variables with a leading seed axis; the result is then a list, one dict per seed, and
+  each batch is read once for all of them.
+  """
+
+  def __init__(self, feeder, graphdef, over_seeds=None):
     mean = jnp.asarray(feeder.info.mean, jnp.float32)
     std = jnp.asarray(feeder.info.std, jnp.float32)
 
@@ -57,8 +62,14 @@ class Evaluator:
       logits, _ = model(augment.normalize(images, mean, std), train=False)
       return classification_sums(logits, labels, mask)
 
-    self.feeder, self.batch_sums = feeder, batch_sums(feeder, sums)
+    if over_seeds is not None:
+      sums = over_seeds(sums)
+    self.feeder, self.batch_sums, self.over_seeds = feeder, batch_sums(feeder, sums), over_seeds
 
   def __call__(self, *variables):
     """`variables`: the nnx states that nnx.merge(graphdef, ...) takes."""
-    return as_percent(total(self.batch_sums, variables, self.feeder.eval_batches()))
+    sums = total(self.batch_sums, variables, self.feeder.eval_batches())
+    if self.over_seeds:
+      return [as_percent(jax.tree.map(lambda x, i=i: x[i], sums))
+              for i in range(len(sums["count"]))]
+    return as_percent(sums)

@@ -119,5 +119,5 @@ def init_metric_sums(shapes, sharding):
   """Zero sums of metrics of `shapes`, placed with `sharding` (as the step returns them:
   fresh sums after a log point must not make the step compile again)."""
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  zeros[FIRST_NONFINITE] = jnp.asarray(NEVER, jnp.int32)
+  zeros[FIRST_NONFINITE] = jnp.full(shapes[FIRST_NONFINITE].shape, NEVER, jnp.int32)
   return jax.device_put(zeros, sharding)

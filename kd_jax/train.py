@@ -83,6 +83,16 @@ class Hooks:
   stop: Callable[[int], bool]  # (step) -> stop now (preemption)
 
 
+def initial_state(config, student, extras, optimizer):
+  """(graph of what the optimizer trains, its TrainState at step 0) for one run."""
+  trainable = layers.set_batch_norm_groups(StudentWithExtras(student, extras),
+                                           config.student.bn_group_size)
+  trainable_def, params, model_state = nnx.split(trainable, nnx.Param, ...)
+  return trainable_def, step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                            model_state=model_state,
+                                            opt_state=optimizer.init(params))
+
+
 class Trainer:
   """One run's state and compiled functions; `run` trains (or resumes) and evaluates.
 
@@ -96,12 +106,8 @@ class Trainer:
     self.optimizer, self.schedule = step_lib.make_optimizer(config.optim, self.steps_per_epoch)
     self.replicated = replicated = NamedSharding(mesh, P())
 
-    trainable = layers.set_batch_norm_groups(StudentWithExtras(student, extras),
-                                             config.student.bn_group_size)
-    self.trainable_def, params, model_state = nnx.split(trainable, nnx.Param, ...)
-    self.state = jax.device_put(step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-        opt_state=self.optimizer.init(params)), replicated)
+    self.trainable_def, state = initial_state(config, student, extras, self.optimizer)
+    self.state = jax.device_put(state, replicated)
     teacher_def, teacher_state = nnx.split(teacher) if teacher is not None else (None, None)
     self.frozen = jax.device_put(step_lib.frozen_inputs(teacher_state, frozen), replicated)
     step = step_lib.make_train_step(

@@ -207,7 +207,7 @@ def test_sweep_dry_run_prints_commands_and_skips_finished(tmp_path):
             [70.0], True)
   result = _sweep_cli("--configs=configs/cifar_kd.py,configs/cifar_cskd.py",
                       "--pairs=res56_res20", "--seeds=0,1", f"--root={root}", "--dry_run",
-                      "--extra=--config.num_epochs=2")
+                      "--extra=--config.num_epochs=2", "--noseeds_in_one_program")
   assert result.returncode == 0, result.stderr
   python = sys.executable
   assert result.stdout.splitlines() == [
@@ -219,6 +219,32 @@ def test_sweep_dry_run_prints_commands_and_skips_finished(tmp_path):
       f"[4/4] {python} main.py --config=configs/cifar_cskd.py:res56_res20 "
       f"--workdir={root}/cifar_cskd/res56_res20/seed1 --config.seed=1 --config.num_epochs=2"]
   assert not (root / "cifar_kd" / "res56_res20" / "seed1").exists()  # nothing ran
+
+
+def test_sweep_trains_the_seeds_of_a_pair_in_one_program(tmp_path):
+  """Device-fed configs: one main.py --seeds per config x pair, over its unfinished seeds
+  (one left: the single-seed command); host-fed ImageNet: one main.py per seed."""
+  root = tmp_path / "runs"
+  write_run(root / "cifar_kd" / "res56_res20" / "seed0", KD, "resnet20", "resnet56", 0,
+            [70.0], True)
+  result = _sweep_cli("--configs=configs/cifar_kd.py,configs/cifar_cskd.py",
+                      "--pairs=res56_res20", "--seeds=0,1,2", f"--root={root}", "--dry_run")
+  assert result.returncode == 0, result.stderr
+  python = sys.executable
+  assert result.stdout.splitlines() == [
+      f"[1/2] {python} main.py --config=configs/cifar_kd.py:res56_res20 "
+      f"--workdir={root}/cifar_kd/res56_res20 --seeds=1,2",
+      f"[2/2] {python} main.py --config=configs/cifar_cskd.py:res56_res20 "
+      f"--workdir={root}/cifar_cskd/res56_res20 --seeds=0,1,2"]
+  write_run(root / "cifar_kd" / "res56_res20" / "seed1", KD, "resnet20", "resnet56", 1,
+            [70.0], True)
+  jobs = sweep.make_jobs(["configs/cifar_kd.py"], ["res56_res20"], ["0", "1", "2"], str(root),
+                         seeds_in_one_program=True)
+  assert jobs[0].command("python")[3:] == [f"--workdir={root}/cifar_kd/res56_res20/seed2",
+                                           "--config.seed=2"]
+  jobs = sweep.make_jobs(["configs/imagenet_kd.py"], ["res34_res18"], ["0", "1"], str(root),
+                         seeds_in_one_program=True)
+  assert [job.seeds for job in jobs] == [(0,), (1,)]
 
 
 def test_sweep_print_commands_relative_to_repo():
@@ -252,7 +278,8 @@ def test_sweep_reports_failure_and_continues(tmp_path):
   fake_python.write_text('#!/bin/sh\ncase "$*" in *seed0*) exit 3;; esac\nexit 0\n')
   fake_python.chmod(0o755)
   result = _sweep_cli("--configs=configs/cifar_kd.py", "--pairs=smoke", "--seeds=0,1",
-                      f"--root={tmp_path / 'runs'}", f"--python={fake_python}")
+                      f"--root={tmp_path / 'runs'}", f"--python={fake_python}",
+                      "--noseeds_in_one_program")
   assert result.returncode == 1
   lines = result.stdout.splitlines()
   assert lines[1].startswith("[1/2] FAILED (exit status 3):") and lines[2].startswith("[2/2] ")
@@ -261,7 +288,8 @@ def test_sweep_reports_failure_and_continues(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_summarize_plots_end_to_end(tmp_path):
-  """Two real smoke runs (about a minute each on 2 cores), then the table and the plots."""
+  """Two real smoke seeds in one program (about two minutes on 2 cores), then the table and
+  the plots."""
   root = tmp_path / "runs"
   result = _sweep_cli("--configs=configs/cifar_kd.py", "--pairs=smoke", "--seeds=0,1",
                       f"--root={root}", "--extra=--config.num_epochs=1")
@@ -271,4 +299,4 @@ def test_sweep_summarize_plots_end_to_end(tmp_path):
   assert plots.plot_all(str(root), str(tmp_path / "plots"))
   rerun = _sweep_cli("--configs=configs/cifar_kd.py", "--pairs=smoke", "--seeds=0,1",
                      f"--root={root}")
-  assert rerun.stdout.count("skip (finished)") == 2
+  assert rerun.stdout.count("skip (finished)") == 1  # one job: both seeds

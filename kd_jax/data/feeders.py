@@ -17,6 +17,7 @@ inside the step (CIFAR); `HostFeeder` decodes and augments on the host with grai
 hands over global arrays sharded over ('data',) (ImageNet, image folders). Which one a
 dataset uses is the `DATASETS` table; adding a dataset is a loader and a row there.
 """
+import copy
 import dataclasses
 from collections import abc
 from typing import Any, Callable
@@ -62,6 +63,10 @@ class HostData:
   std: tuple[float, float, float] = imagenet.IMAGENET_STD
 
 
+_seeds_permutations = jax.jit(jax.vmap(batching.epoch_permutation, in_axes=(0, None, None)),
+                              static_argnums=2)
+
+
 def _batch_sharding(mesh):
   return NamedSharding(mesh, P("data"))
 
@@ -78,7 +83,7 @@ class DeviceFeeder:
     self._eval_batch_size = config.eval_batch_size
     self.steps_per_epoch = batching.steps_per_epoch(self.info.num_train, self._batch_size)
     self._sharding = _batch_sharding(mesh)
-    replicated = NamedSharding(mesh, P())
+    self._replicated = replicated = NamedSharding(mesh, P())
     self._train_labels = np.asarray(dataset.train_labels, np.int32)
     self._train = jax.device_put({"images": dataset.train_images,
                                   "labels": dataset.train_labels}, replicated)
@@ -88,6 +93,13 @@ class DeviceFeeder:
     self._permutation = jax.jit(lambda epoch: batching.epoch_permutation(seed, epoch, size),
                                 out_shardings=replicated)
 
+  def _over_data(self, index):
+    """The batch's indices split over the 'data' mesh axis. Inside kd_jax.seeds'
+    shard_map (a mesh in context, its 'seed' axis manual) by the axis name alone."""
+    if not jax.sharding.get_abstract_mesh().empty:
+      return jax.lax.with_sharding_constraint(index, P("data"))
+    return jax.lax.with_sharding_constraint(index, self._sharding)
+
   def train_batches(self, epoch):
     batch = self._train | {"permutation": self._permutation(epoch)}
     while True:
@@ -96,11 +108,33 @@ class DeviceFeeder:
   def example_train_batch(self):
     return next(self.train_batches(0))
 
+  # Seeds in one program (kd_jax.seeds): the split once, each seed's order and seed
+  # stacked on a leading axis that the vmapped step maps over (None: shared).
+  SEEDS_BATCH_AXES = {"images": None, "labels": None, "permutation": 0, "seed": 0}
+
+  def for_seed(self, seed):
+    """This feeder with another seed (its order, augmentation, training-split pass),
+    sharing the split already on the devices."""
+    other = copy.copy(self)
+    other._seed, size = seed, self.info.num_train  # pylint: disable=protected-access
+    other._permutation = jax.jit(lambda epoch: batching.epoch_permutation(seed, epoch, size),
+                                 out_shardings=self._replicated)  # pylint: disable=protected-access
+    return other
+
+  def seeds_train_batches(self, epoch, seeds):
+    """train_batches of several seeds at once (axes: SEEDS_BATCH_AXES); `seeds` is int32
+    [N] on the devices, its sharding (over a 'seed' mesh axis) that of each seed's order."""
+    batch = self._train | {"permutation": _seeds_permutations(seeds, epoch, self.info.num_train),
+                           "seed": seeds}
+    while True:
+      yield batch
+
   def train_inputs(self, batch, step, method):
     index = batching.batch_indices(batch["permutation"], step % self.steps_per_epoch,
                                    self._batch_size)
-    index = jax.lax.with_sharding_constraint(index, self._sharding)
-    key = jax.random.fold_in(jax.random.key(self._seed), step)
+    index = self._over_data(index)
+    seed = batch.get("seed", self._seed)  # traced per seed in a program of several seeds
+    key = jax.random.fold_in(jax.random.key(seed), step)
     return method.views(key, batch["images"][index]), batch["labels"][index], index
 
   def _pass(self, split, size, key=None):
@@ -116,7 +150,7 @@ class DeviceFeeder:
     return self._pass(self._train, self.info.num_train, key)
 
   def pass_inputs(self, batch):
-    index = jax.lax.with_sharding_constraint(batch["index"], self._sharding)
+    index = self._over_data(batch["index"])
     images = batch["images"][index]
     if "key" in batch:  # the training split, augmented as for training
       images = augment.random_crop_flip(batch["key"], images)

@@ -1,8 +1,15 @@
-"""Runs configs x pairs x seeds, one main.py subprocess each, in ROOT/<method>/<pair>/seed<N>.
+"""Runs configs x pairs x seeds in ROOT/<method>/<pair>/seed<N>.
 
   python -m kd_jax.tools.sweep --configs=configs/cifar_kd.py,configs/cifar_cskd.py \
       --pairs=res56_res20,res32x4_res8x4 --seeds=0,1,2 --root=runs \
-      [--dry_run] [--print_commands] [--extra='--config.num_epochs=2']
+      [--dry_run] [--print_commands] [--extra='--config.num_epochs=2'] \
+      [--noseeds_in_one_program]
+
+The seeds of one config x pair train together in one main.py program (`--seeds=...`,
+kd_jax.seeds) when its data lives on the device (CIFAR); host-fed configs (ImageNet),
+a single unfinished seed, and --noseeds_in_one_program (say, to spread single seeds over
+machines) get one main.py per seed (`--config.seed=N`). Either way each seed has its own
+workdir ROOT/<method>/<pair>/seed<N>.
 
 Runs go one after another from the repository root, each command printed first. A run with
 summary.json is finished and skipped; an unfinished one resumes (main.py restarts from its
@@ -32,24 +39,43 @@ FLAGS = flags.FLAGS
 
 @dataclasses.dataclass
 class Job:
-  """One run of the sweep."""
+  """One main.py of the sweep: one seed, or several seeds in one program."""
   config: str  # config file, relative to the repo root when inside it
   pair: str
-  seed: int
-  workdir: str  # relative to the repo root when inside it
+  seeds: tuple[int, ...]
+  pair_dir: str  # ROOT/<method>/<pair>, relative to the repo root when inside it
   variant: str = ""  # prefix of the config argument: 'VARIANT,PAIR'
 
   @property
   def arg(self):
     return f"{self.variant},{self.pair}" if self.variant else self.pair
 
+  def seed_workdir(self, seed):
+    return os.path.join(self.pair_dir, f"seed{seed}")
+
+  @property
+  def pending(self):
+    """The seeds without summary.json (all of them when every one has it)."""
+    pending = [seed for seed in self.seeds if not os.path.exists(
+        os.path.join(REPO_ROOT, self.seed_workdir(seed), "summary.json"))]
+    return tuple(pending)
+
+  @property
+  def workdir(self):
+    return self.seed_workdir(self.seeds[0]) if len(self.seeds) == 1 else self.pair_dir
+
   def command(self, python, extra=()):
-    return [python, "main.py", f"--config={self.config}:{self.arg}",
-            f"--workdir={self.workdir}", f"--config.seed={self.seed}", *extra]
+    seeds = self.pending or self.seeds
+    config = f"--config={self.config}:{self.arg}"
+    if len(seeds) == 1:
+      return [python, "main.py", config, f"--workdir={self.seed_workdir(seeds[0])}",
+              f"--config.seed={seeds[0]}", *extra]
+    return [python, "main.py", config, f"--workdir={self.pair_dir}",
+            f"--seeds={','.join(map(str, seeds))}", *extra]
 
   @property
   def finished(self):
-    return os.path.exists(os.path.join(REPO_ROOT, self.workdir, "summary.json"))
+    return not self.pending
 
 
 def repo_path(path):
@@ -68,31 +94,43 @@ def find_config(path):
 
 
 def check_config(config, arg):
-  """Builds `config` for `arg` now, so a typo fails before hours of earlier runs."""
+  """Builds `config` for `arg` now, so a typo fails before hours of earlier runs; returns
+  it."""
   sys.path.insert(0, REPO_ROOT)  # config files import `configs.cifar_common`
   try:
     spec = importlib.util.spec_from_file_location("_sweep_config",
                                                   os.path.join(REPO_ROOT, config))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.get_config(arg)
+    return module.get_config(arg)
   except Exception as error:  # pylint: disable=broad-except
     raise ValueError(f"{config}:{arg}: {type(error).__name__}: {error}") from error
   finally:
     sys.path.remove(REPO_ROOT)
 
 
-def make_jobs(configs, pairs, seeds, root):
-  """The product configs x pairs x seeds, in that nesting order."""
+def device_fed(config, arg):
+  """Whether the data of `config` for `arg` lives on the device (seeds in one program)."""
+  from kd_jax.data import feeders  # pylint: disable=g-import-not-at-top
+  dataset = check_config(config, arg).data.dataset
+  return feeders.DATASETS.get(dataset, (None, None))[1] is feeders.DeviceFeeder
+
+
+def make_jobs(configs, pairs, seeds, root, seeds_in_one_program=False):
+  """The product configs x pairs x seeds, in that nesting order; with
+  `seeds_in_one_program`, one job for all the seeds of a device-fed config x pair."""
   jobs = []
+  seeds = [int(seed) for seed in seeds]
   for entry in configs:
     config, _, variant = entry.partition(":")
     config = find_config(config)
     method = os.path.splitext(os.path.basename(config))[0] + (f".{variant}" if variant else "")
     for pair in pairs:
-      for seed in seeds:
-        workdir = repo_path(os.path.join(root, method, pair, f"seed{int(seed)}"))
-        jobs.append(Job(config=config, pair=pair, seed=int(seed), workdir=workdir,
+      pair_dir = repo_path(os.path.join(root, method, pair))
+      arg = f"{variant},{pair}" if variant else pair
+      together = seeds_in_one_program and len(seeds) > 1 and device_fed(config, arg)
+      for group in [seeds] if together else [[seed] for seed in seeds]:
+        jobs.append(Job(config=config, pair=pair, seeds=tuple(group), pair_dir=pair_dir,
                         variant=variant))
   return jobs
 
@@ -121,6 +159,8 @@ def define_flags():
   flags.DEFINE_list("configs", None, "Config files (one method each), FILE or FILE:VARIANT.")
   flags.DEFINE_list("pairs", None, "Config arguments: pair names, 'smoke'...")
   flags.DEFINE_list("seeds", ["0"], "Seeds (integers); each sets --config.seed.")
+  flags.DEFINE_bool("seeds_in_one_program", True, "Train the seeds of a config x pair "
+                    "together (main.py --seeds) when its data lives on the device.")
   flags.DEFINE_string("root", "runs", "Workdirs go to ROOT/<method>/<pair>/seed<N>.")
   flags.DEFINE_string("extra", "", "More main.py flags for every run (shell-quoted).")
   flags.DEFINE_bool("dry_run", False, "Print the commands and skips, run nothing.")
@@ -136,7 +176,8 @@ def main(argv):
   if not FLAGS.configs or not FLAGS.pairs:
     raise app.UsageError("--configs and --pairs are required")
   try:
-    jobs = make_jobs(FLAGS.configs, FLAGS.pairs, FLAGS.seeds, FLAGS.root)
+    jobs = make_jobs(FLAGS.configs, FLAGS.pairs, FLAGS.seeds, FLAGS.root,
+                     FLAGS.seeds_in_one_program)
     for config, arg in dict.fromkeys((job.config, job.arg) for job in jobs):
       check_config(config, arg)
   except ValueError as error:
