@@ -2,7 +2,7 @@
 
   python -m benchmarks.input_pipeline [--images 1000] [--dir DIR] [--batch-size 16]
       [--settings auto,t1,t2,t4,t16,w2] [--torch-workers 1,2] [--no-torch]
-      [--splits train,eval] [--repeats 9] [--block-batches 16] [--stage-images 300]
+      [--splits train,eval] [--repeats 9] [--block-batches 96] [--stage-images 300]
   python -m benchmarks.input_pipeline --flops res34_res18,res50_mbv1
 
 Data: `--images` JPEGs of ImageNet's usual sizes (mostly 500x375 and 375x500, some
@@ -22,10 +22,12 @@ Pipelines, uint8 224x224 batches of --batch-size, no normalisation on either sid
 Each timed block starts a fresh iterator, discards its first batches (the pipeline
 filling up: as many as it holds in flight) and times the next --block-batches; all the
 pipelines take turns, block after block, and each figure is the median over --repeats
-blocks (the machine may be shared); `vs_<first setting>` is the median over rounds of
-each block's rate over the first setting's in the same round, and `cpu_ms_per_image` the
-CPU time of this process and its worker processes per image (what a setting costs,
-whatever share of a shared machine it gets).
+blocks (the machine may be shared). Blocks must be long next to what a setting reads
+ahead: with 16-batch blocks, 16 threads' read-ahead (decoded while the first batches
+were being discarded) made them look up to 3x faster than the cores allow.
+`vs_<first setting>` is the median over rounds of each block's rate over the first
+setting's in the same round, and `cpu_ms_per_image` the CPU time of this process and its
+worker processes per image (what a setting costs, whatever share of a shared machine it gets).
 
 Per-stage breakdown (`kind` 'stage', one thread, ms per image, median of 3 passes over
 --stage-images images): read (the array_record record), python (JPEG header, random
@@ -515,7 +517,7 @@ def main(argv=None):
   parser.add_argument('--no-torch', action='store_true')
   parser.add_argument('--splits', default='train,eval')
   parser.add_argument('--repeats', type=int, default=9)
-  parser.add_argument('--block-batches', type=int, default=16)
+  parser.add_argument('--block-batches', type=int, default=96)
   parser.add_argument('--stage-images', type=int, default=300)
   parser.add_argument('--flops', default='',
                       help='only the KD step FLOPs per image of these ImageNet pairs, e.g. '
