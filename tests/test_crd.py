@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar_common, cifar_crd
-from kd_jax import checkpoint, data, evaluation, losses, methods, models, train
+from kd_jax import checkpoint, evaluation, losses, methods, models, train
 from kd_jax import step as step_lib
 from kd_jax.data import batching, feeders
 from kd_jax.errors import UserError
@@ -327,19 +327,6 @@ def test_extras_shapes_for_every_pair_from_the_models():
 
 
 # -------------------------------------------------- train steps: (3), (d) 1 vs 8 devices
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data.load("cifar10", "synthetic", synthetic_train_size=64, synthetic_test_size=32)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("teacher"))
-  checkpoint.save_teacher(models.create("resnet8", 10, rngs=nnx.Rngs(7)), path,
-                          model_name="resnet8", num_classes=10)
-  return path
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar_ctkd, cifar_ls
-from kd_jax import checkpoint, data, losses, methods, models, train
+from kd_jax import losses, methods, train
 from kd_jax import step as step_lib
 from kd_jax.methods import Aux, ModelOutput
 from kd_jax.methods import ctkd_temperature as temp_lib
@@ -296,19 +296,6 @@ def test_published_numbers_of_ctkd_and_ctkd_ls(pair, teacher, student, ctkd, ctk
 
 
 # ------------------------------------------------------- training: resume, smoke, plots
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data.load("cifar10", "synthetic", synthetic_train_size=64, synthetic_test_size=32)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("teacher"))
-  checkpoint.save_teacher(models.create("resnet8", 10, rngs=nnx.Rngs(7)), path,
-                          model_name="resnet8", num_classes=10)
-  return path
 
 
 def _saved_state(workdir):

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import cifar_kd, imagenet_kd
-from kd_jax import checkpoint, data, methods, models, seeds, train
+from configs import imagenet_kd
+from kd_jax import checkpoint, methods, seeds, train
 from kd_jax.data import feeders
 from kd_jax.errors import UserError
 from kd_jax.metrics import MetricWriter, read_metrics
@@ -26,20 +26,8 @@ SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
-def dataset():
-  return data.load("cifar10", "synthetic", synthetic_train_size=64, synthetic_test_size=32)
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory):
-  teacher_dir = str(tmp_path_factory.mktemp("teacher"))
-  checkpoint.save_teacher(models.create("resnet8", 10, rngs=nnx.Rngs(7)), teacher_dir,
-                          model_name="resnet8", num_classes=10)
-  config = cifar_kd.get_config("smoke")
-  config.teacher.model, config.teacher.checkpoint, config.teacher.train_epochs = (
-      "resnet8", teacher_dir, 0)
-  config.batch_size, config.num_epochs, config.eval_batch_size, config.log_every_steps = 16, 2, 32, 2
-  return config
+def config(tiny_kd_config):
+  return tiny_kd_config
 
 
 def test_seeds_are_laid_over_the_devices_first():

@@ -49,7 +49,7 @@ def adaptive_avg_pool(x, size):
                     x, precision=_HIGHEST)
 
 
-def _pool_to_common_size(student_map, teacher_map):
+def pool_to_common_size(student_map, teacher_map):
   """Pools the map with the larger H (larger W on a tie) to the other's H x W.
 
   mdistiller compares H only and pools to (H, H): the same whenever its code runs at all
@@ -76,7 +76,7 @@ def at(student_map, teacher_map, p=2.0):
   may differ. f**p as mdistiller, not |f|**p: a non-integer p needs non-negative maps.
   """
   student_map, teacher_map = as_float32(student_map, frozen(teacher_map))
-  student_map, teacher_map = _pool_to_common_size(student_map, teacher_map)
+  student_map, teacher_map = pool_to_common_size(student_map, teacher_map)
   return jnp.mean(jnp.square(_attention(student_map, p) - _attention(teacher_map, p)))
 
 
@@ -97,7 +97,7 @@ def nst(student_map, teacher_map):
   so channel counts may differ; maps pooled to a common H x W first, as AT.
   """
   student_map, teacher_map = as_float32(student_map, frozen(teacher_map))
-  student_map, teacher_map = _pool_to_common_size(student_map, teacher_map)
+  student_map, teacher_map = pool_to_common_size(student_map, teacher_map)
   s, t = _channel_vectors(student_map), _channel_vectors(teacher_map)
   return _mean_poly_kernel(t, t) + _mean_poly_kernel(s, s) - 2.0 * _mean_poly_kernel(s, t)
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax.losses._numerics import as_float32, frozen
-from kd_jax.losses.feature_kd import adaptive_avg_pool
+from kd_jax.losses.feature_kd import pool_to_common_size
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _NORMALIZE_EPS = 1e-12  # torch F.normalize
@@ -132,16 +132,6 @@ def _align(student_vectors, teacher_vectors):
   return _matmul(student_vectors, mask)
 
 
-def _common_size(student_map, teacher_map):
-  """The map with the larger H x W average-pooled to the other's."""
-  student_size, teacher_size = student_map.shape[1:3], teacher_map.shape[1:3]
-  if student_size > teacher_size:
-    student_map = adaptive_avg_pool(student_map, teacher_size)
-  elif student_size < teacher_size:
-    teacher_map = adaptive_avg_pool(teacher_map, student_size)
-  return student_map, teacher_map
-
-
 def _rbf(vectors, previous):
   """exp(-(v[a] - v_prev[b])^2 / 8) for all entry pairs: [B, W_i, W_{i-1}, k]."""
   return jnp.exp(-jnp.square(vectors[:, :, None, :] - previous[:, None, :, :]) / _RBF_SCALE)
@@ -157,7 +147,7 @@ def kdsvd(student_maps, teacher_maps, k=1):
   batch = student_maps[0].shape[0]
   for student_map, teacher_map in zip(student_maps, teacher_maps):
     student_map, teacher_map = as_float32(student_map, frozen(teacher_map))
-    student_map, teacher_map = _common_size(student_map, teacher_map)
+    student_map, teacher_map = pool_to_common_size(student_map, teacher_map)
     teacher_vectors, teacher_values = top_singular(teacher_map, k)
     teacher_vectors = _orient(teacher_vectors)
     student_vectors, _ = top_singular(student_map, k + 3)
