@@ -37,14 +37,6 @@ def dataset():
   return data.load("cifar10", "synthetic", synthetic_train_size=64, synthetic_test_size=40)
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("teacher"))
-  teacher = models.create("resnet8", 10, rngs=nnx.Rngs(7))
-  checkpoint.save_teacher(teacher, path, model_name="resnet8", num_classes=10)
-  return path
-
-
 @pytest.mark.parametrize("config_module", [cifar_kd, cifar_cskd, cifar_nd],
                          ids=["kd", "cskd", "nd_grouped_bn"])
 def test_one_step_on_8_devices_equals_1_device(config_module, dataset, teacher_dir):
