@@ -14,7 +14,11 @@ DKD *and* the ND term), T = 1, SGD Nesterov, batch 512, lr 0.2 x0.1 at 30/60/90;
 projection head's Linear (ResNet50 -> MobileNetV1 only) drawn from N(0, 0.01^2). Weights
 KD++ (kd, nd): R34->R18 2.5, 1.0; R50->MV1 4.0, 1.0. DKD++ (alpha, beta, nd): R34->R18
 0.8, 0.5, 1.0; R50->MV1 0.8, 1.0, 1.0. Teacher class means take one pass of the training
-pipeline, cached beside the teacher.
+pipeline, cached beside the teacher. Where the authors wrap the student in EmbTrans
+(R50->MV1 and the ViT pairs: train_kd.py wraps when the student is MobileNetV1 or the
+teacher a ResNet-50/101/152), its init loop also draws the student's own classifier from
+N(0, 0.01^2) (student.classifier_init = normal_0.01); R34->R18 is not wrapped and keeps
+torchvision's classifier init.
 
 ViT -> ResNet-18 (ND ImageNet/ViT/train_kd.py, train_dkd.py, train.sh; same recipe as
 above): KD++ (kd, nd) ViT-S 1.5, 1.0; ViT-B 2.0, 1.0. DKD++ (alpha, beta, nd) ViT-S 1.0,
@@ -46,6 +50,9 @@ WEIGHTS = {
                "vitb_res18": dict(alpha=1.4, beta=0.5, nd_weight=2.0)},
 }
 
+# Pairs whose student the authors wrap in EmbTrans (whose init loop re-draws its classifier).
+EMBTRANS_WRAPPED = ("res50_mbv1",)
+
 
 def get_config(arg="kd_nd,res34_res18"):
   base, _, pair = arg.rpartition(",") if "," in arg else ("kd_nd", "", arg)
@@ -53,7 +60,7 @@ def get_config(arg="kd_nd,res34_res18"):
     raise ValueError(f"unknown ND base {base!r}; valid: {', '.join(BASES)}")
   config = imagenet_common.get_base(BASES[base], pair, WEIGHTS[base])
   config.optim.nesterov = True
-  if imagenet_common.is_vit_pair(pair):
+  if pair in EMBTRANS_WRAPPED or imagenet_common.is_vit_pair(pair):
     config.student.classifier_init = "normal_0.01"
   config.source = ("ND authors' ImageNet/train_kd.py, train_dkd.py, train.sh "
                    "(WangYZ1608/Knowledge-Distillation-via-ND; METHODS.md 5)")

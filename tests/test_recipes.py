@@ -231,6 +231,11 @@ def test_imagenet_cards(pair, kd_nd, dkd_nd, dkd_beta):
     if "head" in card:
       assert card["head"].startswith("BatchNorm1d -> Dropout(0.5) -> Linear(1024 -> 2048), "
                                      "init normal_0.01")
+  # The authors' EmbTrans wraps (and its init loop re-draws the classifier of) the
+  # MobileNetV1 student only: train_kd.py / train_dkd.py.
+  for base in ("kd_nd", "dkd_nd"):
+    init = imagenet_nd.get_config(f"{base},{pair}").student.classifier_init
+    assert init == ("normal_0.01" if pair == "res50_mbv1" else "zoo")
 
 
 def test_published_number_and_source_on_the_card():
