@@ -4,9 +4,13 @@ Method config files import `get_base` and `PAIRS`; a pair is `teacher_student` a
 METHODS.md section 8. `smoke` shrinks everything: synthetic data, a tiny teacher trained
 first in the workdir, two short epochs each, no download, under two minutes on 2 cores.
 """
+import dataclasses
+
 import ml_collections
 
 from kd_jax import methods
+from kd_jax.data import batch_augment
+from kd_jax import step as step_lib
 
 # pair name -> (teacher, student): the benchmark's 11 (METHODS.md 6b), then the 5 more
 # of the logit standardization and MLKD tables.
@@ -42,15 +46,19 @@ def get_base(method: dict) -> ml_collections.ConfigDict:
       synthetic_test_size=256))
   # bn_group_size > 0: BatchNorm statistics per group of that many samples of the global
   # batch (what nn.DataParallel gives per GPU); 0: the whole batch.
+  # drop_path_rate: stochastic depth of transformer students (DeiT's recipe: 0.1).
   config.student = ml_collections.ConfigDict(dict(model="resnet8x4", classifier_init="zoo",
-                                                  bn_group_size=0))
+                                                  bn_group_size=0, drop_path_rate=0.0))
   config.teacher = ml_collections.ConfigDict(dict(
       model="resnet32x4", checkpoint="", dtype="float32", train_epochs=0))
   # Every field of the method, at its dataclass default unless the recipe sets it.
   config.method = ml_collections.ConfigDict(methods.defaults(**method))
+  # name sgd|adamw, schedule step|warmup_cosine (kd_jax/step.py make_optimizer).
   config.optim = ml_collections.ConfigDict(dict(
       lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
-      decay_epochs=(150, 180, 210), decay_factor=0.1))
+      decay_epochs=(150, 180, 210), decay_factor=0.1, **step_lib.OPTIM_DEFAULTS))
+  # Random erasing, mixup / cutmix, label smoothing on the device: off (DeiT's recipe only).
+  config.augment = ml_collections.ConfigDict(dataclasses.asdict(batch_augment.BatchAugment()))
   config.num_epochs = 240
   config.batch_size = 64
   # 200 divides the 10k test set and 1, 2, 4 or 8 devices; on CPU it is ~1.25x faster per

@@ -89,10 +89,11 @@ def load_teacher(path, model_name, num_classes, *, dtype=jnp.float32):
 
 
 def save_final_student(model, workdir):
-  """The end-of-run student in the teacher layout, so the run can teach another."""
+  """The end-of-run student in the teacher layout, so the run can teach another (without
+  the RNG state of its training-only dropout / drop-path, which a teacher is built without)."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(os.path.abspath(workdir), "final_student"), nnx.state(model),
-                    force=True)
+  checkpointer.save(os.path.join(os.path.abspath(workdir), "final_student"),
+                    nnx.state(model, nnx.Not(nnx.RngState)), force=True)
   checkpointer.wait_until_finished()
 
 

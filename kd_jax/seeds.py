@@ -41,7 +41,7 @@ import numpy as np
 
 from kd_jax import checkpoint, evaluation, guards, train, validate
 from kd_jax import step as step_lib
-from kd_jax.data import feeders
+from kd_jax.data import batch_augment, feeders
 from kd_jax.errors import UserError
 from kd_jax.methods import Setup
 from kd_jax.metrics import MetricWriter, Progress
@@ -200,7 +200,8 @@ class SeedsTrainer(train.Trainer):
     self.config, self.method, self.mesh, self.seeds = config, method, mesh, list(seeds)
     self.steps_per_epoch = feeder.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.num_epochs
-    self.optimizer, self.schedule = step_lib.make_optimizer(config.optim, self.steps_per_epoch)
+    self.optimizer, self.schedule = step_lib.make_optimizer(config.optim, self.steps_per_epoch,
+                                                            config.num_epochs)
     self.replicated = NamedSharding(mesh, P())
     self.per_seed = NamedSharding(mesh, P("seed"))
     self.feeder = _SeedsBatches(feeder, seeds, self.per_seed)
@@ -225,7 +226,8 @@ class SeedsTrainer(train.Trainer):
     step = step_lib.make_train_step(
         method=method, feeder=feeder, optimizer=self.optimizer,
         trainable_def=self.trainable_def, teacher_def=teacher_def,
-        steps_per_epoch=self.steps_per_epoch, skip_nonfinite=config.skip_nonfinite)
+        steps_per_epoch=self.steps_per_epoch, skip_nonfinite=config.skip_nonfinite,
+        batch_augment=batch_augment.BatchAugment.from_config(config), seed=config.seed)
     self.within_device = within_device or default_within_device(mesh.devices.flat[0])
     seeds_step = over_seeds(step, mesh, (0, 0, frozen_axes, feeder.SEEDS_BATCH_AXES),
                             self.within_device)

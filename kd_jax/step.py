@@ -12,6 +12,7 @@ import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -19,6 +20,7 @@ from kd_jax.data import augment
 from kd_jax.methods import Aux, ModelOutput
 
 FIRST_NONFINITE = "first_nonfinite_step"  # reduced with min, not summed
+BATCH_AUGMENT_STREAM = 0x6d6978  # folded into the step's key: erasing / mixing draws
 NEVER = np.iinfo(np.int32).max
 
 
@@ -30,15 +32,54 @@ class TrainState:
   opt_state: Any
 
 
-def make_optimizer(optim, steps_per_epoch):
-  """SGD (momentum, optional Nesterov) + L2 weight decay on all parameters, as PyTorch's
-  SGD(weight_decay=...); lr x decay_factor from the first step of each decay epoch.
+# The optimizer fields beside lr / momentum / nesterov / weight_decay / decay_epochs /
+# decay_factor, at values that keep the SGD + step-decay recipe of every CIFAR config.
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "warmup_cosine")
+OPTIM_DEFAULTS = dict(name="sgd", schedule="step", b1=0.9, b2=0.999, eps=1e-8,
+                      warmup_epochs=0.0, min_lr=0.0, decay_1d=True)
+
+
+def make_schedule(optim, steps_per_epoch, num_epochs):
+  """The learning rate of each step.
+
+  step: lr x decay_factor from the first step of each decay epoch (mdistiller).
+  warmup_cosine: linear from 0 over warmup_epochs, then a half cosine from lr to min_lr at
+  the end of training, both evaluated per step at epoch = step / steps_per_epoch (the ND
+  authors' DeiT `adjust_learning_rate`, MAE's).
+  """
+  if optim.schedule == "step":
+    boundaries = {int(epoch * steps_per_epoch): optim.decay_factor
+                  for epoch in optim.decay_epochs}
+    return optax.piecewise_constant_schedule(optim.lr, boundaries)
+  return optax.warmup_cosine_decay_schedule(
+      0.0, optim.lr, warmup_steps=int(round(optim.warmup_epochs * steps_per_epoch)),
+      decay_steps=num_epochs * steps_per_epoch, end_value=optim.min_lr)
+
+
+def decay_mask(params):
+  """True where weight decay applies with decay_1d=False: matrices and kernels, not biases
+  or other 1-D parameters (timm's `param_groups_weight_decay`, the ND authors' DeiT)."""
+  def decays(path, leaf):
+    name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
+    return leaf.ndim > 1 and name != "bias"
+  return jax.tree.map_with_path(decays, params)
+
+
+def make_optimizer(optim, steps_per_epoch, num_epochs):
+  """SGD (momentum, optional Nesterov) + L2 weight decay, as PyTorch's SGD(weight_decay=...),
+  or AdamW with decoupled weight decay, as PyTorch's AdamW (the same update: p <- p -
+  lr wd p - lr Adam(g)); on every parameter, or with `decay_1d=False` on matrices only.
 
   Returns (optimizer, schedule) so the loop can log the learning rate it used.
   """
-  boundaries = {int(epoch * steps_per_epoch): optim.decay_factor for epoch in optim.decay_epochs}
-  schedule = optax.piecewise_constant_schedule(optim.lr, boundaries)
-  optimizer = optax.chain(optax.add_decayed_weights(optim.weight_decay),
+  optim = ml_collections.ConfigDict({**OPTIM_DEFAULTS, **optim})
+  schedule = make_schedule(optim, steps_per_epoch, num_epochs)
+  mask = None if optim.decay_1d else decay_mask
+  if optim.name == "adamw":
+    return optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                       weight_decay=optim.weight_decay, mask=mask), schedule
+  optimizer = optax.chain(optax.add_decayed_weights(optim.weight_decay, mask),
                           optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
   return optimizer, schedule
 
@@ -49,12 +90,14 @@ def frozen_inputs(teacher_state, extras):
 
 
 def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
-                    steps_per_epoch, skip_nonfinite=False):
+                    steps_per_epoch, skip_nonfinite=False, batch_augment=None, seed=0):
   """One optimizer step plus running sums of its metrics (no host sync between logs).
 
   `trainable_def` is the graph of what the optimizer trains (student + the method's
-  extras module); `teacher_def` the frozen teacher's graph, or None. With
-  `metric_sums=None` the step returns this step's metrics instead of sums.
+  extras module); `teacher_def` the frozen teacher's graph, or None. `batch_augment`
+  (kd_jax.data.batch_augment, config.augment) erases and mixes the normalised batch
+  before both networks see it, keyed by (seed, step). With `metric_sums=None` the step
+  returns this step's metrics instead of sums.
   """
   mean = jnp.asarray(feeder.info.mean, jnp.float32)
   std = jnp.asarray(feeder.info.std, jnp.float32)
@@ -64,6 +107,10 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
     epoch = state.step // steps_per_epoch
     views, targets, index = feeder.train_inputs(batch, state.step, method)
     views = [augment.normalize(view, mean, std) for view in views]
+    if batch_augment is not None and batch_augment.active:
+      key = jax.random.fold_in(jax.random.key(batch.get("seed", seed)), state.step)
+      views[0], targets = batch_augment(jax.random.fold_in(key, BATCH_AUGMENT_STREAM),
+                                        views[0], targets)
     teacher_out = None
     if method.needs_teacher:
       teacher = nnx.merge(teacher_def, frozen["teacher"])
@@ -91,7 +138,8 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
                               model_state=model_state, opt_state=opt_state)
     finite = jnp.isfinite(total)
     metrics = {"loss": total, **terms,
-               "top1": 100 * jnp.mean(jnp.argmax(logits, -1) == targets),
+               "top1": 100 * jnp.mean(jnp.argmax(logits, -1) == getattr(targets, "labels",
+                                                                         targets)),
                FIRST_NONFINITE: jnp.where(finite, NEVER, state.step)}
     if skip_nonfinite:  # keep the old state, only count the step
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,

@@ -26,7 +26,7 @@ import numpy as np
 
 from kd_jax import checkpoint, evaluation, guards, models, validate
 from kd_jax import step as step_lib
-from kd_jax.data import feeders
+from kd_jax.data import batch_augment, feeders
 from kd_jax.errors import UserError
 from kd_jax.methods import Setup
 from kd_jax.models import layers
@@ -103,7 +103,8 @@ class Trainer:
     self.config, self.feeder, self.method, self.mesh = config, feeder, method, mesh
     self.steps_per_epoch = feeder.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.num_epochs
-    self.optimizer, self.schedule = step_lib.make_optimizer(config.optim, self.steps_per_epoch)
+    self.optimizer, self.schedule = step_lib.make_optimizer(config.optim, self.steps_per_epoch,
+                                                            config.num_epochs)
     self.replicated = replicated = NamedSharding(mesh, P())
 
     self.trainable_def, state = initial_state(config, student, extras, self.optimizer)
@@ -113,7 +114,8 @@ class Trainer:
     step = step_lib.make_train_step(
         method=method, feeder=feeder, optimizer=self.optimizer,
         trainable_def=self.trainable_def, teacher_def=teacher_def,
-        steps_per_epoch=self.steps_per_epoch, skip_nonfinite=config.skip_nonfinite)
+        steps_per_epoch=self.steps_per_epoch, skip_nonfinite=config.skip_nonfinite,
+        batch_augment=batch_augment.BatchAugment.from_config(config), seed=config.seed)
     self._metric_shapes = step_lib.metric_shapes(step, self.state, self.frozen,
                                                  feeder.example_train_batch())
     self.train_step = jax.jit(step, donate_argnums=(0, 1))
@@ -226,9 +228,11 @@ class Trainer:
 
 
 def create_student(config, num_classes):
-  """The student as the recipe initialises it (config.student.classifier_init)."""
+  """The student as the recipe initialises it (config.student.classifier_init) and trains
+  it (config.student.drop_path_rate)."""
   return models.create(config.student.model, num_classes, rngs=nnx.Rngs(config.seed),
-                       classifier_init=config.student.classifier_init)
+                       classifier_init=config.student.classifier_init,
+                       drop_path_rate=config.student.drop_path_rate)
 
 
 def _versions():

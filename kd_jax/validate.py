@@ -4,6 +4,7 @@ The recipe's constraints are declared here, one rule per field; the method's com
 dataclass (kd_jax.methods.base: non_negative / positive / one_of). Each mistake is one
 UserError line naming the field (main.py: `error: ...`, exit status 2).
 """
+import dataclasses
 import math
 import os
 
@@ -11,7 +12,8 @@ import jax
 import ml_collections
 
 from kd_jax import data, methods, models
-from kd_jax.data import feeders
+from kd_jax import step as step_lib
+from kd_jax.data import batch_augment, feeders
 from kd_jax.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
@@ -38,6 +40,13 @@ RULES = {
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": (_non_negative, ">= 0"),
     "optim.decay_factor": (_positive, "> 0"),
+    "optim.name": (step_lib.OPTIMIZERS.__contains__, f"one of {', '.join(step_lib.OPTIMIZERS)}"),
+    "optim.schedule": (step_lib.SCHEDULES.__contains__, f"one of {', '.join(step_lib.SCHEDULES)}"),
+    "optim.b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.eps": (_positive, "> 0"),
+    "optim.warmup_epochs": (_non_negative, ">= 0"),
+    "optim.min_lr": (_non_negative, ">= 0"),
     "data.dataset": (DATASETS.__contains__, f"one of {', '.join(DATASETS)}"),
     "data.synthetic_train_size": (_non_negative, ">= 0"),
     "data.synthetic_test_size": (_non_negative, ">= 0"),
@@ -47,6 +56,7 @@ RULES = {
     "student.classifier_init": (models.CLASSIFIER_INITS.__contains__,
                                 f"one of {', '.join(models.CLASSIFIER_INITS)}"),
     "student.bn_group_size": (_non_negative, ">= 0 (0: the whole batch)"),
+    "student.drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "teacher.dtype": (DTYPES.__contains__, f"one of {', '.join(DTYPES)}"),
     "teacher.train_epochs": (_non_negative, ">= 0"),
     "teacher.input_norm": (models.INPUT_NORMS.__contains__,
@@ -97,9 +107,20 @@ def check(config):
   if decay != sorted(set(decay)) or any(not 0 < e <= config.num_epochs for e in decay):
     raise UserError(f"config.optim.decay_epochs={tuple(decay)} must be increasing epochs in "
                     f"1..num_epochs ({config.num_epochs})")
+  optim = config.optim
+  if optim.get("schedule") == "warmup_cosine" and not (
+      optim.warmup_epochs < config.num_epochs and optim.min_lr <= optim.lr):
+    raise UserError(f"config.optim.warmup_epochs={optim.warmup_epochs} must be < num_epochs "
+                    f"({config.num_epochs}) and config.optim.min_lr={optim.min_lr} <= "
+                    f"config.optim.lr={optim.lr}")
   for model in (config.student.model, config.teacher.model):
     models.pooled_dim(model)  # an unknown name: UserError listing the valid ones
+  if config.student.get("drop_path_rate") and not models.has_drop_path(config.student.model):
+    raise UserError(f"config.student.drop_path_rate={config.student.drop_path_rate} needs a "
+                    f"student with stochastic depth (a transformer); "
+                    f"{config.student.model} has none")
   method = methods.create(config.method)
+  batch_augment.BatchAugment.from_config(config).check(config.batch_size, method)
   if method.num_views > 1 and feeders.DATASETS[config.data.dataset][1] is feeders.HostFeeder:
     raise UserError(f"method {config.method.name!r} makes {method.num_views} views of each image "
                     f"on the device; {config.data.dataset} is augmented on the host")
@@ -119,6 +140,12 @@ def teacher_bootstrap_config(config):
   teacher.num_epochs, teacher.teacher.train_epochs = config.teacher.train_epochs, 0
   teacher.optim.decay_epochs = tuple(e for e in config.optim.decay_epochs
                                      if e <= config.teacher.train_epochs)
+  if "warmup_epochs" in config.optim:  # the warm-up's share of the shorter run
+    teacher.optim.warmup_epochs = (config.optim.warmup_epochs * config.teacher.train_epochs
+                                   / config.num_epochs)
+  # Plain CE takes int labels, and the teacher model has no stochastic depth to set.
+  teacher.augment = ml_collections.ConfigDict(dataclasses.asdict(batch_augment.BatchAugment()))
+  teacher.student.drop_path_rate = 0.0
   return teacher
 
 

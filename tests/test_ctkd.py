@@ -180,7 +180,7 @@ def test_one_sgd_step_moves_the_temperature_up_the_kd_loss_scaled_by_lambda(epoc
   params = nnx.state(module, nnx.Param)
   optim = ml_collections.ConfigDict(dict(lr=0.05, momentum=0.9, nesterov=False,
                                          weight_decay=0.0, decay_epochs=(), decay_factor=0.1))
-  optimizer, _ = step_lib.make_optimizer(optim, steps_per_epoch=10)
+  optimizer, _ = step_lib.make_optimizer(optim, steps_per_epoch=10, num_epochs=1)
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   new_raw = float(optax.apply_updates(params, updates)["raw"][...])
 

@@ -2,6 +2,7 @@
 
 Exact resume is in test_robustness.py.
 """
+import math
 import os
 import subprocess
 import sys
@@ -80,12 +81,64 @@ def test_one_step_on_8_devices_equals_1_device(config_module, dataset, teacher_d
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+def _authors_warmup_cosine(epoch, lr, min_lr, warmup, epochs):
+  """The ND authors' DeiT `adjust_learning_rate` (utils.py), epoch = step / steps_per_epoch."""
+  if epoch < warmup:
+    return lr * epoch / warmup
+  return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
+
+
+def test_warmup_cosine_schedule_is_the_authors_per_step_formula():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  optim = ml_collections.ConfigDict(dict(name="adamw", lr=8e-4, weight_decay=0.05,
+                                         schedule="warmup_cosine", warmup_epochs=2,
+                                         min_lr=1e-6))
+  _, schedule = step_lib.make_optimizer(optim, steps_per_epoch=7, num_epochs=6)
+  for step in range(0, 6 * 7 + 1):
+    expected = _authors_warmup_cosine(step / 7, 8e-4, 1e-6, 2, 6)
+    assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-12), step
+
+
+def test_adamw_matches_pytorch_adamw_with_the_authors_decay_groups():
+  """optax AdamW with decay_1d=False == torch.optim.AdamW over the authors' two parameter
+  groups (`param_groups_weight_decay`: no decay for 1-D parameters and biases)."""
+  torch = pytest.importorskip("torch")
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  init = {"kernel": rng.normal(size=(3, 2)), "bias": rng.normal(size=(2,)),
+          "token": rng.normal(size=(1, 1, 2)), "scale": rng.normal(size=(2,))}
+  grads = [{k: rng.normal(size=v.shape) for k, v in init.items()} for _ in range(5)]
+  optim = ml_collections.ConfigDict(dict(name="adamw", lr=0.1, b1=0.9, b2=0.95, eps=1e-8,
+                                         weight_decay=0.3, decay_1d=False, decay_epochs=()))
+  optimizer, _ = step_lib.make_optimizer(optim, steps_per_epoch=10, num_epochs=1)
+  params = {k: jnp.asarray(v, jnp.float32) for k, v in init.items()}
+  state = optimizer.init(params)
+  for grad in grads:
+    updates, state = optimizer.update({k: jnp.asarray(v, jnp.float32) for k, v in grad.items()},
+                                      state, params)
+    params = optax.apply_updates(params, updates)
+
+  tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in init.items()}
+  decay = [t for k, t in tensors.items() if t.ndim > 1 and k != "bias"]
+  no_decay = [t for k, t in tensors.items() if not (t.ndim > 1 and k != "bias")]
+  torch_opt = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.0},
+                                 {"params": decay, "weight_decay": 0.3}], lr=0.1,
+                                betas=(0.9, 0.95), eps=1e-8)
+  for grad in grads:
+    for k, t in tensors.items():
+      t.grad = torch.tensor(grad[k], dtype=torch.float64)
+    torch_opt.step()
+  for k, t in tensors.items():
+    np.testing.assert_allclose(params[k], t.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+  assert not np.allclose(params["token"], init["token"] - 0.0)  # trained, and decayed (ndim 3)
+
+
 def test_optimizer_is_pytorch_sgd_with_step_decay():
   """p <- p - lr * buf, buf <- m * buf + (g + wd * p); lr x0.1 from the first decay step."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   optim = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
                                          decay_epochs=(2,), decay_factor=0.1))
-  optimizer, schedule = step_lib.make_optimizer(optim, steps_per_epoch=3)
+  optimizer, schedule = step_lib.make_optimizer(optim, steps_per_epoch=3, num_epochs=4)
   assert [float(schedule(s)) for s in (0, 5, 6, 100)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
   params, grad = jnp.array([1.0, -2.0]), jnp.array([0.5, 0.25])
   state = optimizer.init(params)

@@ -75,7 +75,8 @@ def test_bad_values_of_every_field_are_one_line_user_errors(where, value, draw):
 ZERO_OK = ("bn_group_size", "train_epochs", "weight_decay", "momentum", "synthetic_train_size",
            "synthetic_test_size", "worker_count", "ce_weight", "kd_weight", "weight", "cc_weight",
            "bc_weight", "nd_weight", "alpha", "beta", "gamma", "feat_weight", "distance_weight",
-           "angle_weight", "hint_layer", "dkd_weight", "lambda_start", "lambda_end")
+           "angle_weight", "hint_layer", "dkd_weight", "lambda_start", "lambda_end", "min_lr",
+           "warmup_epochs", "b1", "b2", "drop_path_rate")
 
 
 def _acceptable(config, field, value):
@@ -100,6 +101,8 @@ def _acceptable(config, field, value):
     ("optim.decay_epochs", (1, 3), "config.optim.decay_epochs=(1, 3) must be increasing epochs"),
     ("method.t_high", 1.5, "t_low=2.0 must be < config.method.t_high=1.5"),
     ("student.model", "resnet9", "unknown model 'resnet9'"),
+    ("optim.name", "lamb", "config.optim.name='lamb' must be one of sgd, adamw"),
+    ("optim.schedule", "linear", "config.optim.schedule='linear' must be one of step, warmup_cosine"),
 ])
 def test_named_constraints(field, value, message):
   config = cifar_cskd.get_config("smoke")

@@ -11,10 +11,17 @@ def nd(student_features, teacher_features, class_means, labels):
   Not a cosine: f_s is not normalised, so the loss also rewards a student norm at least
   the teacher's. On a tie the student's norm is taken (gradient flows through it).
   """
-  student_features, teacher_features, class_means = as_float32(
-      student_features, frozen(teacher_features), frozen(class_means))
-  means = class_means[labels]
-  directions = means / jnp.maximum(l2_norm(means, -1), 1e-12)[:, None]
+  return nd_to_centers(student_features, teacher_features, frozen(class_means)[labels])
+
+
+def nd_to_centers(student_features, teacher_features, centers):
+  """ND with each example's own centre row `centers` [B, d] instead of its class's mean:
+  mean_i [1 - <f_s,i, c_i/|c_i|> / max(|f_s,i|, |f_t,i|)]. The ND authors' DeiT code
+  (`project_center_v2`) feeds it centres mixed as mixup mixes the images.
+  """
+  student_features, teacher_features, centers = as_float32(
+      student_features, frozen(teacher_features), frozen(centers))
+  directions = centers / jnp.maximum(l2_norm(centers, -1), 1e-12)[:, None]
   student_norm = l2_norm(student_features, -1)
   teacher_norm = l2_norm(teacher_features, -1)
   larger_norm = jnp.where(student_norm >= teacher_norm, student_norm, teacher_norm)

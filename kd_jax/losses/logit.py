@@ -94,3 +94,19 @@ def logit_standardize(logits, eps=1e-7):
   dof = logits.shape[-1] - 1
   std = safe_sqrt(jnp.sum(jnp.square(centred), axis=-1, keepdims=True) / dof)
   return centred / (std + eps)
+
+
+def hard_distillation(student_logits, teacher_logits):
+  """DeiT's hard distillation: mean CE of the student against the teacher's argmax class
+  (Touvron et al. 2021, eq. 3's second term; the ND authors' DeiT `KDLoss`)."""
+  (student_logits,) = as_float32(student_logits)
+  targets = jnp.argmax(frozen(teacher_logits), axis=-1)
+  log_probs = jax.nn.log_softmax(student_logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(log_probs, targets[:, None], axis=-1))
+
+
+def soft_target_cross_entropy(logits, targets):
+  """mean_i sum_c -targets_ic log softmax(logits_i)_c: CE against (mixed, smoothed) target
+  distributions (timm's SoftTargetCrossEntropy)."""
+  (logits,) = as_float32(logits)
+  return -jnp.mean(jnp.sum(frozen(targets) * jax.nn.log_softmax(logits, axis=-1), axis=-1))

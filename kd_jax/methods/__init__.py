@@ -8,6 +8,7 @@ from kd_jax.methods.crd import CRD
 from kd_jax.methods.cskd import CSKD
 from kd_jax.methods.cskd_mv import CSKDMultiView
 from kd_jax.methods.ctkd import CTKD
+from kd_jax.methods.deit import DeiT, DeiTND
 from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
@@ -47,6 +48,8 @@ METHODS: dict[str, type[Method]] = {
     "kdsvd": KDSVD,
     "ofd": OFD,
     "ctkd": CTKD,
+    "deit": DeiT,
+    "deit_nd": DeiTND,
 }
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 

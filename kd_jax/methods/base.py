@@ -133,6 +133,9 @@ class Method:
   # True: the teacher's BatchNorms normalise with each batch's statistics (PyTorch train
   # mode, as mdistiller's OFD leaves its teacher) instead of their running averages.
   teacher_batch_statistics = False
+  # True: `loss` also takes the labels of a batch mixed by config.augment (mixup, cutmix,
+  # label smoothing: a kd_jax.data.mixing.Mixed instead of int labels).
+  accepts_mixed_labels = False
 
   def __post_init__(self):
     check_fields(self)

@@ -68,11 +68,16 @@ def nd_term(student, teacher, labels, aux, train=True):
   student_features = student.features["pooled"].astype(jnp.float32)
   if aux.extras is not None:
     student_features = aux.extras(student_features, train=train)
-  teacher_features = teacher.features["pooled"]
-  value = losses.nd(student_features, teacher_features, aux.frozen["class_means"], labels)
-  norms = {"student_norm": jnp.mean(jnp.linalg.norm(student_features, axis=-1)),
-           "teacher_norm": jnp.mean(jnp.linalg.norm(teacher_features.astype(jnp.float32), axis=-1))}
-  return value, norms
+  value = losses.nd(student_features, teacher.features["pooled"], aux.frozen["class_means"],
+                    labels)
+  return value, nd_norms(student_features, teacher)
+
+
+def nd_norms(student_features, teacher):
+  """Diagnostics beside the ND term: the mean feature norms it compares."""
+  teacher_features = teacher.features["pooled"].astype(jnp.float32)
+  return {"student_norm": jnp.mean(jnp.linalg.norm(student_features, axis=-1)),
+          "teacher_norm": jnp.mean(jnp.linalg.norm(teacher_features, axis=-1))}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,10 +69,18 @@ def _lookup(name):
 CLASSIFIER_INITS = ('zoo', 'normal_0.01', 'zero_bias')
 
 
-def create(name, num_classes=100, *, rngs, dtype=jnp.float32, classifier_init='zoo'):
-  """Builds model `name`; params are float32, `dtype` is the computation dtype."""
+def create(name, num_classes=100, *, rngs, dtype=jnp.float32, classifier_init='zoo',
+           drop_path_rate=0.0):
+  """Builds model `name`; params are float32, `dtype` is the computation dtype.
+
+  `drop_path_rate`: stochastic depth, for the models that have it (the transformers).
+  """
   constructor, _ = _lookup(name)
-  model = constructor(num_classes, rngs=rngs, dtype=dtype)
+  if drop_path_rate and not has_drop_path(name):
+    raise UserError(f'model {name!r} has no stochastic depth: drop_path_rate must be 0, got '
+                    f'{drop_path_rate}')
+  kwargs = {'drop_path_rate': drop_path_rate} if drop_path_rate else {}
+  model = constructor(num_classes, rngs=rngs, dtype=dtype, **kwargs)
   if classifier_init not in CLASSIFIER_INITS:
     raise UserError(f'unknown classifier_init {classifier_init!r}; valid: '
                     f'{", ".join(CLASSIFIER_INITS)}')
@@ -90,6 +98,11 @@ def reinit_linear(linear, scheme, rngs):
       param[...] = 0.01 * jax.random.normal(rngs.params(), param.shape, param.dtype)
   elif scheme == 'zero_bias':
     linear.bias[...] = jnp.zeros_like(linear.bias[...])
+
+
+def has_drop_path(name):
+  """Whether model `name` takes a drop_path_rate (stochastic depth)."""
+  return getattr(_lookup(name)[0], 'has_drop_path', False)
 
 
 def pooled_dim(name):

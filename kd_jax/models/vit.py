@@ -166,8 +166,10 @@ class VisionTransformer(nnx.Module):
 
 
 def _factory(**arch):
-  def make(num_classes, *, rngs, dtype=jnp.float32):
-    return VisionTransformer(num_classes, dtype=dtype, rngs=rngs, **arch)
+  def make(num_classes, *, rngs, dtype=jnp.float32, drop_path_rate=0.0):
+    return VisionTransformer(num_classes, dtype=dtype, rngs=rngs, drop_path_rate=drop_path_rate,
+                             **arch)
+  make.has_drop_path = True
   return make
 
 
@@ -185,6 +187,8 @@ MODELS = {
     'deit_tiny_distilled_patch16_224': (_factory(distilled=True, **_TINY), 192),
     'deit_small_distilled_patch16_224': (_factory(distilled=True, **_SMALL), 384),
     'deit_base_distilled_patch16_224': (_factory(distilled=True, **_BASE), 768),
-    # Not a published model: a 2-block ViT on 64x64 images for smoke runs and tests.
+    # Not published models: 2-block ViTs on 64x64 images for smoke runs and tests.
     'vit_micro_patch16_64': (_factory(img_size=64, dim=64, depth=2, num_heads=2), 64),
+    'deit_micro_distilled_patch16_64': (
+        _factory(img_size=64, dim=64, depth=2, num_heads=2, distilled=True), 64),
 }

@@ -176,7 +176,7 @@ def dataset_of(model):
 def published_method(method_config):
   """The published method a run's `config.method` reproduces ('KD', 'DKD++'...), or None.
 
-  KD/DKD with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
+  KD/DKD/DeiT with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
   the '++' variants, with logit standardization to '+LS'; MLKD to 'MLKD' or 'MLKD+LS';
   methods of NAMED map to their published name, CRD to 'CRD' (or 'CRD+KD' with a KD
   term), CTKD on KD with the global temperature to 'CTKD' / 'CTKD+LS' (DKD+CTKD and the
@@ -203,9 +203,8 @@ def published_method(method_config):
   base = name.replace("++", "")
   for suffix in ("_nd", "pp"):
     base = base[:-len(suffix)] if base.endswith(suffix) else base
-  if base not in ("kd", "dkd"):
-    return None
-  return base.upper() + ("++" if with_nd else "")
+  base = {"kd": "KD", "dkd": "DKD", "deit": "DeiT"}.get(base)
+  return base and base + ("++" if with_nd else "")
 
 
 def lookup(method, teacher, student):

@@ -13,7 +13,8 @@ from absl import app
 from ml_collections import config_flags
 
 from kd_jax import methods, models
-from kd_jax.data import feeders
+from kd_jax import step as step_lib
+from kd_jax.data import batch_augment, feeders
 from kd_jax.errors import UserError
 from kd_jax.tools import published
 
@@ -55,15 +56,16 @@ def card(config):
                                   "(host pipeline)"))
   else:
     lines.append(("augmentation", method.describe_views()))
+  on_device = batch_augment.BatchAugment.from_config(config).describe()
+  if on_device:
+    lines[-1] = ("augmentation", f"{lines[-1][1]}; {on_device}")
   optim, formula = config.optim, method.formula()
   lines += [
       ("schedule", f"{config.num_epochs} epochs x {steps_per_epoch(config)} steps of batch "
                    f"{config.batch_size} (last partial batch dropped); eval batch "
                    f"{config.eval_batch_size}"),
-      ("optimizer", f"SGD momentum {optim.momentum:g}{', Nesterov' if optim.nesterov else ''}, "
-                    f"weight decay {optim.weight_decay:g} on all parameters"),
-      ("lr", f"{optim.lr:g}, x{optim.decay_factor:g} at epochs "
-             f"{', '.join(str(e) for e in optim.decay_epochs) or 'none'}"),
+      ("optimizer", _optimizer_line(optim)),
+      ("lr", _lr_line(optim, config.batch_size)),
       ("loss", formula + (" (e: epoch counted from 0)" if "e/" in formula or "(e+1)" in formula
                           else "")),
   ]
@@ -74,6 +76,26 @@ def card(config):
     lines.append(("published", f"{name or 'trained alone'} {number:.2f} "
                                f"({published.SOURCES.get(key, 'mdistiller/CRD README')})"))
   return lines
+
+
+def _optimizer_line(optim):
+  optim = {**step_lib.OPTIM_DEFAULTS, **optim}
+  decayed = ("all parameters" if optim["decay_1d"] else
+             "matrices (not biases or other 1-D parameters)")
+  if optim["name"] == "adamw":
+    name = f"AdamW betas ({optim['b1']:g}, {optim['b2']:g}), eps {optim['eps']:g}"
+  else:
+    name = f"SGD momentum {optim['momentum']:g}{', Nesterov' if optim['nesterov'] else ''}"
+  return f"{name}, weight decay {optim['weight_decay']:g} on {decayed}"
+
+
+def _lr_line(optim, batch_size):
+  optim = {**step_lib.OPTIM_DEFAULTS, **optim}
+  if optim["schedule"] == "warmup_cosine":
+    return (f"{optim['lr']:g} (batch {batch_size}), linear warm-up from 0 over "
+            f"{optim['warmup_epochs']:g} epochs, then cosine to {optim['min_lr']:g}, per step")
+  return (f"{optim['lr']:g}, x{optim['decay_factor']:g} at epochs "
+          f"{', '.join(str(e) for e in optim['decay_epochs']) or 'none'}")
 
 
 def main(argv):
