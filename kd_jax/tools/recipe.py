@@ -13,7 +13,7 @@ from absl import app
 from ml_collections import config_flags
 
 from kd_jax import methods, models
-from kd_jax.data import feeders
+from kd_jax.data import feeders, imagenet
 from kd_jax.errors import UserError
 from kd_jax.tools import published
 
@@ -28,6 +28,18 @@ def steps_per_epoch(config):
   size = (config.data.synthetic_train_size if config.data.source == "synthetic"
           else TRAIN_SIZES[config.data.dataset])
   return size // config.batch_size
+
+
+def host_augmentation(data):
+  """The host pipeline's train transform and eval resize, in words."""
+  interpolation = data.get("interpolation", "bilinear")
+  text = f"random resized crop {data.image_size} ({interpolation}) + horizontal flip"
+  augment = data.get("train_augment", "crop_flip")
+  if augment != "crop_flip":
+    text += f" + timm RandAugment {augment!r}"
+  resize = int(round(data.image_size / imagenet.EVAL_CROP_FRACTION))
+  return (f"{text} (host pipeline); eval resize {resize} ({interpolation}) + center crop "
+          f"{data.image_size}")
 
 
 def card(config):
@@ -51,8 +63,7 @@ def card(config):
   data = config.data
   lines.append(("data", f"{data.dataset} (source {data.source})"))
   if feeders.DATASETS[data.dataset][1] is feeders.HostFeeder:
-    lines.append(("augmentation", f"random resized crop {data.image_size} + horizontal flip "
-                                  "(host pipeline)"))
+    lines.append(("augmentation", host_augmentation(data)))
   else:
     lines.append(("augmentation", method.describe_views()))
   optim, formula = config.optim, method.formula()
