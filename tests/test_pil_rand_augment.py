@@ -306,3 +306,44 @@ def test_config_values_are_validated_in_one_line():
   good = config.copy_and_resolve_references()
   good.data.update(dict(train_augment=DEIT, interpolation='bicubic'))
   validate.check(good)
+
+
+def test_host_feeder_takes_the_settings_from_config_data():
+  from kd_jax import train  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import feeders  # pylint: disable=g-import-not-at-top
+  config = imagenet_kd.get_config('smoke')
+  config.data.update(dict(synthetic_train_size=16, synthetic_test_size=8, image_size=16,
+                          synthetic_image_size=24, num_threads=1))
+  config.batch_size = config.eval_batch_size = 8
+  default = feeders.create(config, train.data_mesh())
+  assert default.state()['train_augment'] == 'crop_flip'
+  config.data.update(dict(train_augment=DEIT, interpolation='bicubic'))
+  deit = feeders.create(config, train.data_mesh())
+  state = deit.state()
+  assert (state['train_augment'], state['interpolation']) == (DEIT, 'bicubic')
+  first = np.asarray(next(deit.train_batches(0))['image'])
+  # Example 0 of the run: the record at position 0 of epoch 0's order, keyed (seed, 0, 0).
+  records = imagenet.open_split('train', 'synthetic', synthetic_size=16,
+                                synthetic_image_shape=(24, 24))
+  order = imagenet._TrainOrder(16, 8, 0, 1, config.seed, 1)
+  rng = np.random.default_rng([config.seed, imagenet._AUGMENT_STREAM, 0, 0])
+  expected = imagenet.train_transform(records[order[0]['index']]['image'], rng, 16, 'bicubic',
+                                      imagenet.rand_augment(DEIT, 'bicubic'))
+  np.testing.assert_array_equal(first[0], expected)
+  evals = np.asarray(next(deit.eval_batches())['image'])
+  validation = imagenet.open_split('validation', 'synthetic', synthetic_size=8,
+                                   synthetic_image_shape=(24, 24))
+  np.testing.assert_array_equal(evals[0],
+                                imagenet.eval_transform(validation[0]['image'], 16, 'bicubic'))
+
+
+def test_recipe_card_names_the_augmentation():
+  from kd_jax.tools import recipe  # pylint: disable=g-import-not-at-top
+  config = imagenet_kd.get_config('res34_res18')
+  card = dict(recipe.card(config))
+  assert card['augmentation'] == ('random resized crop 224 (bilinear) + horizontal flip (host '
+                                  'pipeline); eval resize 256 (bilinear) + center crop 224')
+  config.data.update(dict(train_augment=DEIT, interpolation='bicubic'))
+  assert dict(recipe.card(config))['augmentation'] == (
+      "random resized crop 224 (bicubic) + horizontal flip + timm RandAugment "
+      "'rand-m9-mstd0.5-inc1' (host pipeline); eval resize 256 (bicubic) + center crop 224")

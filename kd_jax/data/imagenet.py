@@ -326,14 +326,19 @@ def eval_transform(image, image_size: int = 224, interpolation: str = 'bilinear'
   in the other order, and bicubic's overshoot, clipped to 0..255 between the passes, then
   moves some pixels of noisy images by up to ~20 levels.
   """
-  picture = _rgb(open_image(image))
-  resample = _filter(interpolation)
-  if resample == Image.BILINEAR:
+  picture = eval_resize(_rgb(open_image(image)), image_size, interpolation)
+  return np.asarray(picture, np.uint8)
+
+
+def eval_resize(picture: Image.Image, image_size: int,
+                interpolation: str = 'bilinear') -> Image.Image:
+  """eval_transform on a decoded RGB picture, as a PIL image."""
+  if _filter(interpolation) == Image.BILINEAR:
     box = center_crop_box(*picture.size, image_size)
-    return np.asarray(crop_resize(picture, box, image_size, interpolation), np.uint8)
+    return crop_resize(picture, box, image_size, interpolation)
   new_width, new_height, left, top = _resize_and_offsets(*picture.size, image_size)
-  resized = picture.resize((new_width, new_height), resample)
-  return np.asarray(resized.crop((left, top, left + image_size, top + image_size)), np.uint8)
+  resized = picture.resize((new_width, new_height), _filter(interpolation))
+  return resized.crop((left, top, left + image_size, top + image_size))
 
 
 # ---------------------------------------------------------------- order (which example where)
