@@ -221,6 +221,14 @@ def test_deit_train_transform_is_deterministic_per_key():
   np.testing.assert_array_equal(plain, crop_flip)
 
 
+def test_train_augment_pickles_for_grain_worker_processes():
+  import pickle  # pylint: disable=g-import-not-at-top
+  transform = imagenet._TrainAugment(16, 3, 'bicubic', imagenet.rand_augment(DEIT, 'bicubic'))
+  element = {'image': _images()[0], 'label': 1, 'index': 2, 'epoch': 1, 'position': 5}
+  copy = pickle.loads(pickle.dumps(transform))
+  np.testing.assert_array_equal(copy.map(element)['image'], transform.map(element)['image'])
+
+
 def test_bicubic_crop_matches_timms_resized_crop():
   functional = pytest.importorskip('torchvision.transforms.functional')
   rng = np.random.default_rng(6)
