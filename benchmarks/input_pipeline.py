@@ -3,6 +3,7 @@
   python -m benchmarks.input_pipeline [--images 1000] [--dir DIR] [--batch-size 16]
       [--settings auto,t1,t2,t4,t16,w2] [--torch-workers 1,2] [--no-torch]
       [--splits train,eval] [--repeats 9] [--block-batches 96] [--stage-images 300]
+      [--train-augment crop_flip|rand-m9-mstd0.5-inc1] [--interpolation bilinear|bicubic]
   python -m benchmarks.input_pipeline --flops res34_res18,res50_mbv1
 
 Data: `--images` JPEGs of ImageNet's usual sizes (mostly 500x375 and 375x500, some
@@ -19,6 +20,11 @@ Pipelines, uint8 224x224 batches of --batch-size, no normalisation on either sid
   torchvision           ImageFolder + DataLoader(num_workers=N) with RandomResizedCrop(224)
                         + RandomHorizontalFlip + PILToTensor (train), Resize(256) +
                         CenterCrop(224) + PILToTensor (eval): the same Pillow operations
+With --train-augment (a timm RandAugment policy) or --interpolation bicubic (DeiT's host
+transform: kd_jax.data.pil_rand_augment), kd_jax runs that setting and the torch side is
+timm's create_transform(auto_augment=..., interpolation=..., color_jitter=None) with
+uint8 output (`use_prefetcher=True`: no normalisation, no random erasing), eval
+Resize(256, interpolation) + CenterCrop(224); the stage breakdown adds 'rand_augment'.
 Each timed block starts a fresh iterator, discards its first batches (the pipeline
 filling up: as many as it holds in flight) and times the next --block-batches; all the
 pipelines take turns, block after block, and each figure is the median over --repeats
@@ -190,7 +196,8 @@ def parse_setting(setting: str) -> tuple[int, int]:
 class KdJaxBench:
   """kd_jax's grain pipeline (train or eval) with one parallelism setting."""
 
-  def __init__(self, split, setting, data_dir, batch_size, block_batches):
+  def __init__(self, split, setting, data_dir, batch_size, block_batches,
+               train_augment='crop_flip', interpolation='bilinear'):
     from kd_jax.data import imagenet  # pylint: disable=g-import-not-at-top
     self.split, self.batch_size, self.block_batches = split, batch_size, block_batches
     threads, workers = parse_setting(setting)
@@ -198,15 +205,18 @@ class KdJaxBench:
     self.records = imagenet.open_split('train' if split == 'train' else 'validation',
                                        data_dir=data_dir)
     common = dict(records=self.records, image_size=IMAGE_SIZE, process_index=0,
-                  process_count=1, num_threads=threads, worker_count=workers)
+                  process_count=1, num_threads=threads, worker_count=workers,
+                  interpolation=interpolation)
     if split == 'train':
-      self._make = lambda epoch: imagenet.make_train_iterator(batch_size, seed=epoch, **common)
+      self._make = lambda epoch: imagenet.make_train_iterator(
+          batch_size, seed=epoch, train_augment=train_augment, **common)
     else:
       self._make = lambda epoch: iter(imagenet.make_eval_batches(batch_size, **common))
     # Batches started at once: each thread's, plus one queued per worker process.
     self.skip = self.threads if not self.workers else self.workers * (self.threads + 1)
     self.record = {'framework': 'kd_jax', 'split': split, 'setting': setting,
-                   'threads': self.threads, 'workers': self.workers}
+                   'threads': self.threads, 'workers': self.workers,
+                   'train_augment': train_augment, 'interpolation': interpolation}
     self._epoch = 0
 
   def time_block(self):
@@ -251,16 +261,26 @@ def import_torchvision():
 class TorchvisionBench:
   """ImageFolder + DataLoader(num_workers) with the same Pillow transforms."""
 
-  def __init__(self, split, workers, folder, batch_size, block_batches):
+  def __init__(self, split, workers, folder, batch_size, block_batches,
+               train_augment='crop_flip', interpolation='bilinear'):
     import torch  # pylint: disable=g-import-not-at-top
     torchvision = import_torchvision()
     transforms = torchvision.transforms
-    if split == 'train':
+    mode = transforms.InterpolationMode(interpolation)
+    deit = (train_augment, interpolation) != ('crop_flip', 'bilinear')
+    framework = 'timm' if deit and split == 'train' else 'torchvision'
+    if split == 'train' and deit:
+      from timm.data import create_transform  # pylint: disable=g-import-not-at-top
+      transform = create_transform(
+          IMAGE_SIZE, is_training=True, color_jitter=None, interpolation=interpolation,
+          auto_augment=None if train_augment == 'crop_flip' else train_augment,
+          use_prefetcher=True)
+    elif split == 'train':
       transform = transforms.Compose([transforms.RandomResizedCrop(IMAGE_SIZE),
                                       transforms.RandomHorizontalFlip(),
                                       transforms.PILToTensor()])
     else:
-      transform = transforms.Compose([transforms.Resize(round(IMAGE_SIZE / 0.875)),
+      transform = transforms.Compose([transforms.Resize(round(IMAGE_SIZE / 0.875), mode),
                                       transforms.CenterCrop(IMAGE_SIZE),
                                       transforms.PILToTensor()])
     dataset = torchvision.datasets.ImageFolder(
@@ -270,8 +290,9 @@ class TorchvisionBench:
         drop_last=split == 'train')
     self.batch_size, self.block_batches, self.workers = batch_size, block_batches, workers
     self.skip = 2 * workers  # DataLoader's prefetch_factor (2) batches per worker
-    self.record = {'framework': 'torchvision', 'split': split, 'setting': f'workers={workers}',
-                   'workers': workers}
+    self.record = {'framework': framework, 'split': split, 'setting': f'workers={workers}',
+                   'workers': workers, 'train_augment': train_augment,
+                   'interpolation': interpolation}
 
   def time_block(self):
     iterator = iter(self._loader)
@@ -289,9 +310,11 @@ class TorchvisionBench:
 # ---------------------------------------------------------------- per-stage breakdown
 
 
-def stage_breakdown(data_dir, count, batch_size, passes=3):
+def stage_breakdown(data_dir, count, batch_size, passes=3, train_augment='crop_flip',
+                    interpolation='bilinear'):
   """ms per image of each stage of the train and eval transforms, one thread."""
   from kd_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  augment = imagenet.rand_augment(train_augment, interpolation)
   records = imagenet.open_split('train', data_dir=data_dir)
   count = min(count, len(records))
   results = {'train': {}, 'eval': {}}
@@ -315,25 +338,30 @@ def stage_breakdown(data_dir, count, batch_size, passes=3):
                                               IMAGE_SIZE)
       picture.load()
       t3 = clock()
-      out = imagenet.crop_resize(picture, box, IMAGE_SIZE)
+      out = imagenet.crop_resize(picture, box, IMAGE_SIZE, interpolation)
       t4 = clock()
       if rng.random() < 0.5:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
+      t_flip = clock()
+      if augment is not None:
+        out = augment(out, rng)
+      t_augment = clock()
       outputs.append(np.asarray(out, np.uint8))
-      t5 = clock()
+      t5 = clock() - (t_augment - t_flip)
       add('train', 'read', t1 - t0)
       add('train', 'python', t2 - t1)
       add('train', 'decode', t3 - t2)
       add('train', 'crop_resize', t4 - t3)
       add('train', 'flip_to_array', t5 - t4)
+      if augment is not None:
+        add('train', 'rand_augment', t_augment - t_flip)
       # eval: full decode, then Resize(256) + CenterCrop(224) as eval_transform does
       t6 = clock()
       full = imagenet.open_image(record['image'])
       full.load()
       full = full.convert('RGB')
       t7 = clock()
-      out = imagenet.crop_resize(full, imagenet.center_crop_box(*full.size, IMAGE_SIZE),
-                                 IMAGE_SIZE)
+      out = imagenet.eval_resize(full, IMAGE_SIZE, interpolation)
       t8 = clock()
       np.asarray(out, np.uint8)
       t9 = clock()
@@ -355,6 +383,7 @@ def stage_breakdown(data_dir, count, batch_size, passes=3):
     medians = {stage: round(statistics.median(ms), 3) for stage, ms in stages.items()}
     total = sum(medians.values())
     records_out.append({'kind': 'stage', 'split': split, 'images': count,
+                        'train_augment': train_augment, 'interpolation': interpolation,
                         'ms_per_image': medians, 'total_ms': round(total, 3),
                         'share': {s: round(v / total, 3) for s, v in medians.items()},
                         'images_per_second_one_thread': round(1e3 / total, 1)})
@@ -451,7 +480,8 @@ def versions():
 
 def run(images=1000, data_dir=None, batch_size=16, settings=('auto', 't1', 't2', 't4', 't16'),
         torch_workers=(1, 2), splits=('train', 'eval'), repeats=9, block_batches=16,
-        stage_images=300, with_torch=True, stream=None):
+        stage_images=300, with_torch=True, stream=None, train_augment='crop_flip',
+        interpolation='bilinear'):
   """Writes (or reuses) the images, runs every bench; returns (and prints) JSON records."""
   from kd_jax.data import parallelism  # pylint: disable=g-import-not-at-top
   owned = data_dir is None
@@ -468,17 +498,19 @@ def run(images=1000, data_dir=None, batch_size=16, settings=('auto', 't1', 't2',
   emit({'kind': 'host', **benchmarks.host_info(), 'usable_cores': parallelism.usable_cores(),
         'load_average': os.getloadavg(), **versions(), 'images': info,
         'write_s': round(time.perf_counter() - start, 1)})
-  for record in stage_breakdown(os.path.join(data_dir, 'tfds'), stage_images, batch_size):
+  for record in stage_breakdown(os.path.join(data_dir, 'tfds'), stage_images, batch_size,
+                                train_augment=train_augment, interpolation=interpolation):
     emit(record)
   emit({'kind': 'stage', 'split': 'train', 'pipeline_overhead_ms_per_image': round(
       grain_overhead(os.path.join(data_dir, 'tfds'), stage_images, batch_size), 3)})
   with_torch = with_torch and import_torchvision() is not None
   for split in splits:
-    benches = [KdJaxBench(split, s, os.path.join(data_dir, 'tfds'), batch_size, block_batches)
-               for s in settings]
+    augmentation = dict(train_augment=train_augment, interpolation=interpolation)
+    benches = [KdJaxBench(split, s, os.path.join(data_dir, 'tfds'), batch_size, block_batches,
+                          **augmentation) for s in settings]
     if with_torch:
       benches += [TorchvisionBench(split, w, os.path.join(data_dir, 'folder'), batch_size,
-                                   block_batches) for w in torch_workers]
+                                   block_batches, **augmentation) for w in torch_workers]
     per_bench = [[] for _ in benches]
     for r in range(repeats):
       load = os.getloadavg()[0]
@@ -519,6 +551,9 @@ def main(argv=None):
   parser.add_argument('--repeats', type=int, default=9)
   parser.add_argument('--block-batches', type=int, default=96)
   parser.add_argument('--stage-images', type=int, default=300)
+  parser.add_argument('--train-augment', default='crop_flip',
+                      help='crop_flip or a timm RandAugment policy, e.g. rand-m9-mstd0.5-inc1')
+  parser.add_argument('--interpolation', default='bilinear', help='bilinear or bicubic')
   parser.add_argument('--flops', default='',
                       help='only the KD step FLOPs per image of these ImageNet pairs, e.g. '
                            'res34_res18,res50_mbv1')
@@ -533,6 +568,13 @@ def main(argv=None):
       parse_setting(setting)
     except ValueError as error:
       parser.error(str(error))
+  from kd_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  from kd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  try:
+    imagenet.rand_augment(args.train_augment, args.interpolation)
+    imagenet.crop_resize(Image.new('RGB', (2, 2)), (0, 0, 2, 2), 1, args.interpolation)
+  except UserError as error:
+    parser.error(str(error))
   splits = args.splits.split(',')
   if not set(splits) <= {'train', 'eval'}:
     parser.error(f'--splits takes train and/or eval, got {args.splits!r}')
@@ -541,7 +583,8 @@ def main(argv=None):
     flags.FLAGS.mark_as_parsed()
   run(args.images, args.dir, args.batch_size, settings,
       [int(w) for w in args.torch_workers.split(',') if w], splits, args.repeats,
-      args.block_batches, args.stage_images, not args.no_torch, stream=sys.stdout)
+      args.block_batches, args.stage_images, not args.no_torch, stream=sys.stdout,
+      train_augment=args.train_augment, interpolation=args.interpolation)
 
 
 if __name__ == '__main__':

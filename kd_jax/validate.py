@@ -13,7 +13,7 @@ import ml_collections
 
 from kd_jax import data, methods, models
 from kd_jax import step as step_lib
-from kd_jax.data import batch_augment, feeders
+from kd_jax.data import batch_augment, feeders, imagenet
 from kd_jax.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
@@ -53,6 +53,8 @@ RULES = {
     "data.image_size": (_positive, "> 0"),
     "data.num_threads": (_non_negative, ">= 0 (0: one per usable core)"),
     "data.worker_count": (lambda v: v >= -1, ">= -1 (-1: chosen from the host)"),
+    "data.interpolation": (tuple(imagenet.INTERPOLATIONS).__contains__,
+                           f"one of {', '.join(imagenet.INTERPOLATIONS)}"),
     "student.classifier_init": (models.CLASSIFIER_INITS.__contains__,
                                 f"one of {', '.join(models.CLASSIFIER_INITS)}"),
     "student.bn_group_size": (_non_negative, ">= 0 (0: the whole batch)"),
@@ -91,6 +93,12 @@ def check(config):
       continue
     if isinstance(value, float) and not math.isfinite(value) or not test(value):
       raise UserError(f"config.{field}={value!r} must be {must_be}")
+  if "train_augment" in config.data:
+    try:
+      imagenet.rand_augment(config.data.train_augment)
+    except UserError as error:
+      raise UserError(f"config.data.train_augment={config.data.train_augment!r}: "
+                      f"{error}") from None
   if config.data.dataset in data.DATASETS and config.data.source not in data.SOURCES:
     raise UserError(f"config.data.source={config.data.source!r} must be one of "
                     f"{', '.join(data.SOURCES)}")

@@ -69,7 +69,9 @@ def test_conv_layers_records():
 @pytest.mark.parametrize("module,argv,message", [
     ("train_step", ["--pair", "nope"], "unknown pair 'nope'"),
     ("conv_layers", ["--model", "vgg8"], "got 'vgg8'"),
-    ("input_pipeline", ["--settings", "auto,x3"], "bad setting 'x3'")])
+    ("input_pipeline", ["--settings", "auto,x3"], "bad setting 'x3'"),
+    ("input_pipeline", ["--train-augment", "rand-x3"], "unknown section 'x3'"),
+    ("input_pipeline", ["--interpolation", "lanczos"], "unknown interpolation 'lanczos'")])
 def test_bad_arguments_exit_with_one_line(module, argv, message, capsys):
   """A bad pair or model name: argparse's one-line error and exit status 2, no traceback."""
   main = importlib.import_module(f"benchmarks.{module}").main
@@ -106,3 +108,20 @@ def test_input_pipeline_benchmark_on_a_few_images(tmp_path):
              for r in kinds["measurement"])
   # The images are reused: a second call writes nothing new.
   assert input_pipeline.write_images(str(tmp_path), 12) == host["images"]
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_with_deit_augmentation(tmp_path):
+  """--train-augment / --interpolation: kd_jax's DeiT transform (and timm's, where it
+  imports) timed, RandAugment in the stage breakdown."""
+  from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
+  with_timm = HAS_TORCH and importlib.util.find_spec("timm") is not None
+  records = input_pipeline.run(images=8, data_dir=str(tmp_path), batch_size=4, settings=("t1",),
+                               torch_workers=(0,), splits=("train",), repeats=1, block_batches=1,
+                               stage_images=4, with_torch=with_timm,
+                               train_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic")
+  stages = [r for r in records if r["kind"] == "stage" and r.get("split") == "train"
+            and "ms_per_image" in r]
+  assert "rand_augment" in stages[0]["ms_per_image"]
+  measured = {r["framework"] for r in records if r["kind"] == "measurement"}
+  assert measured == ({"kd_jax", "timm"} if with_timm else {"kd_jax"})

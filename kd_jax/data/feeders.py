@@ -176,15 +176,22 @@ class HostFeeder:
     settings = config.data
     self._sharding = _batch_sharding(mesh)
     self._pipeline = dict(image_size=settings.image_size, num_threads=settings.num_threads,
-                          worker_count=settings.worker_count)
+                          worker_count=settings.worker_count,
+                          interpolation=settings.get("interpolation", "bilinear"))
+    # RandAugment (if any) fills with the normalisation mean, as timm's create_transform.
+    self._augment = dict(train_augment=settings.get("train_augment", imagenet.CROP_FLIP),
+                         mean=tuple(host_data.mean))
     threads, workers = imagenet.host_parallelism(settings.num_threads, settings.worker_count)
     logging.info("host pipeline: %d decode thread(s) %s (%d usable cores)", threads,
                  f"in each of {workers} worker processes" if workers else "in this process",
                  parallelism.usable_cores())
+    logging.info("host pipeline: train augmentation %s, %s resizing",
+                 self._augment["train_augment"], self._pipeline["interpolation"])
     self._train_records, self._batch_size, self._seed = (host_data.train, config.batch_size,
                                                          config.seed)
     self._iterator = imagenet.make_train_iterator(config.batch_size, seed=config.seed,
-                                                  records=host_data.train, **self._pipeline)
+                                                  records=host_data.train, **self._pipeline,
+                                                  **self._augment)
     self._eval = imagenet.make_eval_batches(config.eval_batch_size, records=host_data.test,
                                             **self._pipeline)
     self.steps_per_epoch = self._iterator.steps_per_epoch
@@ -226,7 +233,8 @@ class HostFeeder:
   def train_pass(self):
     """One epoch of the training pipeline (augmented; the last partial batch dropped)."""
     one_epoch = imagenet.make_train_iterator(self._batch_size, seed=self._seed, num_epochs=1,
-                                             records=self._train_records, **self._pipeline)
+                                             records=self._train_records, **self._pipeline,
+                                             **self._augment)
     for batch in one_epoch:
       yield self._global(batch, with_mask=True)
 

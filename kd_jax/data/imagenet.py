@@ -17,8 +17,12 @@ at p*G/P. Augmentation randomness is keyed by (seed, epoch, position), so a pod 
 for pixel, the batches a single host would: the result does not depend on the host count.
 
 Train: RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip, as
-torchvision; eval: Resize(256) (shorter side) + CenterCrop(224). Batches hold uint8 NHWC
-images; normalise on the device: `augment.normalize(images, IMAGENET_MEAN, IMAGENET_STD)`.
+torchvision; eval: Resize(256) (shorter side) + CenterCrop(224). Both resize bilinearly by
+default, or bicubically (`interpolation='bicubic'`, DeiT's recipe). `train_augment` is
+'crop_flip' (the above) or a timm RandAugment policy such as 'rand-m9-mstd0.5-inc1' applied
+after the flip (DeiT's `create_transform`, kd_jax.data.pil_rand_augment). Batches hold
+uint8 NHWC images; normalise on the device: `augment.normalize(images, IMAGENET_MEAN,
+IMAGENET_STD)` (random erasing and mixup, if any, also run there).
 JPEGs are decoded by Pillow (as TFDS itself does without OpenCV); training decodes at a
 reduced DCT scale (`Image.draft`) when the crop is shrunk by 2x or more anyway; eval
 resizes only the center box it keeps. Threads and worker processes default to the host's
@@ -39,6 +43,7 @@ from PIL import Image
 
 from kd_jax.data import batching
 from kd_jax.data import parallelism
+from kd_jax.data import pil_rand_augment
 from kd_jax.errors import UserError
 
 TFDS_NAME = 'imagenet2012'
@@ -50,6 +55,8 @@ CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 EVAL_CROP_FRACTION = 0.875  # 224 / 256: eval resizes the shorter side to image_size / 0.875.
 SYNTHETIC_SIZES = {'train': 1024, 'validation': 256}
+CROP_FLIP = 'crop_flip'  # train_augment without RandAugment
+INTERPOLATIONS = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
 
 # Seed streams, so the data order and the augmentation are not the same random numbers.
 _ORDER_STREAM = 0x1A0D
@@ -226,21 +233,74 @@ def decode_for_crop(picture: Image.Image, box: tuple[int, int, int, int],
   return _rgb(picture), box
 
 
-def crop_resize(picture: Image.Image, box, image_size: int) -> Image.Image:
-  """The box resized to image_size x image_size, bilinear with antialiasing (as torchvision)."""
-  return picture.resize((image_size, image_size), Image.BILINEAR, box=box)
+def _filter(interpolation: str):
+  if interpolation not in INTERPOLATIONS:
+    raise UserError(f'unknown interpolation {interpolation!r}; valid: '
+                    f'{", ".join(INTERPOLATIONS)}')
+  return INTERPOLATIONS[interpolation]
 
 
-def train_transform(image, rng: np.random.Generator, image_size: int = 224) -> np.ndarray:
-  """Random resized crop to `image_size` (bilinear) + random flip -> uint8 [S, S, 3]."""
+def crop_resize(picture: Image.Image, box, image_size: int,
+                interpolation: str = 'bilinear') -> Image.Image:
+  """The box resized to image_size x image_size, bilinear or bicubic with antialiasing.
+
+  Bilinear resizes the box in place (Pillow's `box`: its filter also reads the pixels just
+  outside the box, so the crop's outer ~1 px differs slightly from torchvision's crop then
+  resize). Bicubic, the new DeiT path, crops whole-pixel boxes first, as timm's
+  RandomResizedCropAndInterpolation does (the same pixels); a box made fractional by a
+  reduced JPEG decode is resized in place.
+  """
+  size, resample = (image_size, image_size), _filter(interpolation)
+  if resample != Image.BILINEAR and all(float(v).is_integer() for v in box):
+    return picture.crop(tuple(int(v) for v in box)).resize(size, resample)
+  return picture.resize(size, resample, box=box)
+
+
+def rand_augment(train_augment: str, interpolation: str = 'bilinear',
+                 mean=IMAGENET_MEAN) -> pil_rand_augment.RandAugment | None:
+  """The RandAugment of `train_augment` (None for 'crop_flip'), set up as timm's
+  create_transform does: fill = the mean in 0..255, the crop's interpolation."""
+  if train_augment == CROP_FLIP:
+    return None
+  if not str(train_augment).startswith('rand'):
+    raise UserError(f'unknown train_augment {train_augment!r}; valid: {CROP_FLIP!r} or a timm '
+                    'RandAugment policy such as "rand-m9-mstd0.5-inc1"')
+  hparams = dict(img_mean=pil_rand_augment.fill_from_mean(mean),
+                 interpolation=interpolation)
+  return pil_rand_augment.rand_augment_transform(train_augment, hparams)
+
+
+def train_transform(image, rng: np.random.Generator, image_size: int = 224,
+                    interpolation: str = 'bilinear',
+                    augment: pil_rand_augment.RandAugment | None = None) -> np.ndarray:
+  """Random resized crop to `image_size` + random flip (+ `augment`) -> uint8 [S, S, 3].
+
+  The crop box is timm's RandomResizedCropAndInterpolation.get_params too (torchvision's
+  algorithm); the crop, flip and RandAugment are timm's order.
+  """
   picture = open_image(image)
   left, top, crop_width, crop_height = random_resized_crop_box(rng, *picture.size)
   picture, box = decode_for_crop(picture, (left, top, left + crop_width, top + crop_height),
                                  image_size)
-  out = crop_resize(picture, box, image_size)
+  out = crop_resize(picture, box, image_size, interpolation)
   if rng.random() < 0.5:
     out = out.transpose(Image.FLIP_LEFT_RIGHT)
+  if augment is not None:
+    out = augment(out, rng)
   return np.asarray(out, np.uint8)
+
+
+def _resize_and_offsets(width: int, height: int, image_size: int) -> tuple[int, ...]:
+  """torchvision's Resize(image_size / 0.875) size and CenterCrop offsets: (new width,
+  new height, left, top)."""
+  resize = int(round(image_size / EVAL_CROP_FRACTION))
+  if width <= height:
+    new_width, new_height = resize, int(resize * height / width)
+  else:
+    new_width, new_height = int(resize * width / height), resize
+  top = int(round((new_height - image_size) / 2.0))
+  left = int(round((new_width - image_size) / 2.0))
+  return new_width, new_height, left, top
 
 
 def center_crop_box(width: int, height: int, image_size: int) -> tuple[float, ...]:
@@ -250,28 +310,35 @@ def center_crop_box(width: int, height: int, image_size: int) -> tuple[float, ..
   the central image_size square (offsets rounded); returned in source pixels (left, top,
   right, bottom), so resizing just that box gives the same pixels.
   """
-  resize = int(round(image_size / EVAL_CROP_FRACTION))
-  if width <= height:
-    new_width, new_height = resize, int(resize * height / width)
-  else:
-    new_width, new_height = int(resize * width / height), resize
-  top = int(round((new_height - image_size) / 2.0))
-  left = int(round((new_width - image_size) / 2.0))
+  new_width, new_height, left, top = _resize_and_offsets(width, height, image_size)
   scale_x, scale_y = width / new_width, height / new_height
   return (left * scale_x, top * scale_y, min(width, (left + image_size) * scale_x),
           min(height, (top + image_size) * scale_y))  # min: float rounding past the edge
 
 
-def eval_transform(image, image_size: int = 224) -> np.ndarray:
-  """torchvision Resize(image_size / 0.875) (shorter side, bilinear) + CenterCrop.
+def eval_transform(image, image_size: int = 224, interpolation: str = 'bilinear') -> np.ndarray:
+  """torchvision Resize(image_size / 0.875) (shorter side, bilinear or bicubic) + CenterCrop.
 
-  Only the kept box is resized (Pillow's resize with `box` samples and filters exactly
-  as the whole-image resize does, pixels outside the box included), which saves the
-  resize of the cropped-off margins: the same pixels, up to float rounding (+-1).
+  Bilinear resizes only the kept box (Pillow's resize with `box` samples and filters
+  exactly as the whole-image resize does, pixels outside the box included), which saves
+  the resize of the cropped-off margins: the same pixels, up to float rounding (+-1).
+  Bicubic resizes the whole image, then crops: Pillow 13 may run a box resize's two passes
+  in the other order, and bicubic's overshoot, clipped to 0..255 between the passes, then
+  moves some pixels of noisy images by up to ~20 levels.
   """
-  picture = _rgb(open_image(image))
-  box = center_crop_box(*picture.size, image_size)
-  return np.asarray(crop_resize(picture, box, image_size), np.uint8)
+  picture = eval_resize(_rgb(open_image(image)), image_size, interpolation)
+  return np.asarray(picture, np.uint8)
+
+
+def eval_resize(picture: Image.Image, image_size: int,
+                interpolation: str = 'bilinear') -> Image.Image:
+  """eval_transform on a decoded RGB picture, as a PIL image."""
+  if _filter(interpolation) == Image.BILINEAR:
+    box = center_crop_box(*picture.size, image_size)
+    return crop_resize(picture, box, image_size, interpolation)
+  new_width, new_height, left, top = _resize_and_offsets(*picture.size, image_size)
+  resized = picture.resize((new_width, new_height), _filter(interpolation))
+  return resized.crop((left, top, left + image_size, top + image_size))
 
 
 # ---------------------------------------------------------------- order (which example where)
@@ -380,29 +447,36 @@ class _Read(grain.transforms.Map):
 
 
 class _TrainAugment(grain.transforms.Map):
-  """Decode + random resized crop + flip, keyed by (seed, epoch, position)."""
+  """Decode + random resized crop + flip (+ RandAugment), keyed by (seed, epoch, position)."""
 
-  def __init__(self, image_size: int, seed: int):
+  def __init__(self, image_size: int, seed: int, interpolation: str = 'bilinear',
+               augment: pil_rand_augment.RandAugment | None = None):
     self._image_size = image_size
     self._seed = seed
+    self._interpolation = interpolation
+    self._augment = augment
 
   def map(self, element: dict) -> dict:
     rng = np.random.default_rng(
         [self._seed, _AUGMENT_STREAM, element['epoch'], element['position']])
-    return {'image': train_transform(element['image'], rng, self._image_size),
+    image = train_transform(element['image'], rng, self._image_size, self._interpolation,
+                            self._augment)
+    return {'image': image,
             'label': np.int32(element['label']), 'index': np.int32(element['index'])}
 
 
 class _EvalPreprocess(grain.transforms.Map):
   """Decode + resize + center crop; padding becomes a zero image with mask False."""
 
-  def __init__(self, image_size: int):
+  def __init__(self, image_size: int, interpolation: str = 'bilinear'):
     self._image_size = image_size
+    self._interpolation = interpolation
 
   def map(self, element: dict) -> dict:
     valid = element['image'] is not None
-    image = (eval_transform(element['image'], self._image_size) if valid else
-             np.zeros((self._image_size, self._image_size, 3), np.uint8))
+    size = self._image_size
+    image = (eval_transform(element['image'], size, self._interpolation) if valid else
+             np.zeros((size, size, 3), np.uint8))
     return {'image': image, 'label': np.int32(element['label']),
             'index': np.int32(element['index']), 'mask': np.bool_(valid)}
 
@@ -531,7 +605,9 @@ def make_train_iterator(global_batch_size: int, *, seed: int, records=None, sour
                         process_count: int | None = None,
                         num_threads: int = parallelism.AUTO_THREADS,
                         worker_count: int = parallelism.AUTO_WORKERS, synthetic_size: int | None = None,
-                        synthetic_image_shape: tuple[int, int] = (64, 64)) -> TrainIterator:
+                        synthetic_image_shape: tuple[int, int] = (64, 64),
+                        train_augment: str = CROP_FLIP, interpolation: str = 'bilinear',
+                        mean=IMAGENET_MEAN) -> TrainIterator:
   """This host's training batches of global_batch_size / process_count examples.
 
   Epoch e is a permutation of the train split drawn from (seed, e), cut into
@@ -541,6 +617,8 @@ def make_train_iterator(global_batch_size: int, *, seed: int, records=None, sour
   (`host_parallelism`). Process index/count default to jax's. `records` (a
   random-access sequence of {'image', 'label'}) replaces the ImageNet split of `source`,
   so any such dataset (e.g. kd_jax.data.image_folder) runs through this pipeline.
+  `train_augment` / `interpolation`: see the module docstring; `mean` (the normalisation
+  mean, 0..1) gives RandAugment's fill colour, as in timm.
   """
   if seed < 0:
     raise UserError(f'data seed must be >= 0, got {seed}')
@@ -549,6 +627,8 @@ def make_train_iterator(global_batch_size: int, *, seed: int, records=None, sour
   if image_size < 1:
     raise UserError(f'image_size must be >= 1, got {image_size}')
   _check_parallelism(num_threads, worker_count)
+  _filter(interpolation)
+  augment = rand_augment(train_augment, interpolation, mean)
   process_index, process_count, local_batch = _host_slice(
       global_batch_size, process_index, process_count)
   if records is None:
@@ -558,10 +638,11 @@ def make_train_iterator(global_batch_size: int, *, seed: int, records=None, sour
                       num_epochs or _FOREVER_EPOCHS)
   batches = (grain.MapDataset.source(order)
              .map(_Read(records))
-             .map(_TrainAugment(image_size, seed))
+             .map(_TrainAugment(image_size, seed, interpolation, augment))
              .batch(local_batch, drop_remainder=True))
   settings = {'seed': seed, 'global_batch_size': global_batch_size,
-              'num_examples': len(records), 'image_size': image_size}
+              'num_examples': len(records), 'image_size': image_size,
+              'train_augment': train_augment, 'interpolation': interpolation}
   return TrainIterator(batches, num_threads=num_threads, worker_count=worker_count,
                        settings=settings,
                        steps_per_epoch=steps_per_epoch(len(records), global_batch_size),
@@ -598,11 +679,13 @@ def make_eval_batches(global_batch_size: int, *, records=None, source: str = 'tf
                       process_count: int | None = None,
                       num_threads: int = parallelism.AUTO_THREADS,
                       worker_count: int = parallelism.AUTO_WORKERS, synthetic_size: int | None = None,
-                      synthetic_image_shape: tuple[int, int] = (64, 64)) -> EvalBatches:
+                      synthetic_image_shape: tuple[int, int] = (64, 64),
+                      interpolation: str = 'bilinear') -> EvalBatches:
   """This host's share of `split` (or of `records`), in order, padded to whole global batches."""
   if image_size < 1:
     raise UserError(f'image_size must be >= 1, got {image_size}')
   _check_parallelism(num_threads, worker_count)
+  _filter(interpolation)
   process_index, process_count, local_batch = _host_slice(
       global_batch_size, process_index, process_count)
   if records is None:
@@ -611,6 +694,6 @@ def make_eval_batches(global_batch_size: int, *, records=None, source: str = 'tf
   order = _EvalOrder(len(records), global_batch_size, process_index, process_count)
   batches = (grain.MapDataset.source(order)
              .map(_Read(records))
-             .map(_EvalPreprocess(image_size))
+             .map(_EvalPreprocess(image_size, interpolation))
              .batch(local_batch))
   return EvalBatches(batches, num_threads, worker_count, len(records))

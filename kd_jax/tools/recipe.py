@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from kd_jax import methods, models
 from kd_jax import step as step_lib
-from kd_jax.data import batch_augment, feeders
+from kd_jax.data import batch_augment, feeders, imagenet
 from kd_jax.errors import UserError
 from kd_jax.tools import published
 
@@ -29,6 +29,18 @@ def steps_per_epoch(config):
   size = (config.data.synthetic_train_size if config.data.source == "synthetic"
           else TRAIN_SIZES[config.data.dataset])
   return size // config.batch_size
+
+
+def host_augmentation(data):
+  """The host pipeline's train transform and eval resize, in words."""
+  interpolation = data.get("interpolation", "bilinear")
+  text = f"random resized crop {data.image_size} ({interpolation}) + horizontal flip"
+  augment = data.get("train_augment", "crop_flip")
+  if augment != "crop_flip":
+    text += f" + timm RandAugment {augment!r}"
+  resize = int(round(data.image_size / imagenet.EVAL_CROP_FRACTION))
+  return (f"{text} (host pipeline); eval resize {resize} ({interpolation}) + center crop "
+          f"{data.image_size}")
 
 
 def card(config):
@@ -52,8 +64,7 @@ def card(config):
   data = config.data
   lines.append(("data", f"{data.dataset} (source {data.source})"))
   if feeders.DATASETS[data.dataset][1] is feeders.HostFeeder:
-    lines.append(("augmentation", f"random resized crop {data.image_size} + horizontal flip "
-                                  "(host pipeline)"))
+    lines.append(("augmentation", host_augmentation(data)))
   else:
     lines.append(("augmentation", method.describe_views()))
   on_device = batch_augment.BatchAugment.from_config(config).describe()
