@@ -7,7 +7,7 @@ A feeder gives the loop
   example_train_batch()       one such batch (or its shapes), to trace the step
   train_inputs(batch, step, method)   jit side: (uint8 views, labels, dataset indices)
   eval_batches()              the test split, each example once (padded, masked)
-  train_pass()                one pass over the training split, augmented as for training
+  train_pass()                one pass over the training split, plainly augmented (crop + flip)
   train_labels()              int32 [num_train]: the label of each training example, by index
   pass_inputs(batch)          jit side of both passes: (uint8 images, labels, float mask)
   state() / restore(state)    its position, saved with checkpoints (JSON or None)
@@ -231,10 +231,15 @@ class HostFeeder:
       yield self._global(batch, with_mask=True)
 
   def train_pass(self):
-    """One epoch of the training pipeline (augmented; the last partial batch dropped)."""
+    """One epoch of plain training crops: random resized crop (bilinear) + flip, whatever
+    the run's own augmentation (the last partial batch dropped). The ND authors take
+    every teacher's class means over this pipeline, DeiT's RegNetY included
+    (ImageNet/emb_fea_distribution.py with their ImageNet Dataset)."""
+    plain = dict(self._pipeline, interpolation="bilinear")
     one_epoch = imagenet.make_train_iterator(self._batch_size, seed=self._seed, num_epochs=1,
-                                             records=self._train_records, **self._pipeline,
-                                             **self._augment)
+                                             records=self._train_records, **plain,
+                                             train_augment=imagenet.CROP_FLIP,
+                                             mean=self._augment["mean"])
     for batch in one_epoch:
       yield self._global(batch, with_mask=True)
 
