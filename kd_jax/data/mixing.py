@@ -25,11 +25,19 @@ What the authors ran (WangYZ1608/Knowledge-Distillation-via-ND, `ImageNet/DeiT/`
 - Random erasing is timm's `RandomErasing(0.25, mode='pixel', max_count=1, device='cpu')`,
   per image in the dataset transform on the normalised tensor, i.e. before mixing.
 
-Differences, all below float32 rounding or measure zero: lam and the box/erasing
-arithmetic are float32 here (float64 in NumPy/Python there); images are mixed in float32
-and cast back to their dtype (timm mixes in place in the image dtype); an image is erased
-when u < probability (timm: not u > probability). Randomness is JAX's, so the draws
-differ from a torch run, not their distribution.
+Versions: the cutmix box follows the authors' copy (= timm up to 1.0.29): yh = cy +
+cut_h // 2, so an unclipped box is 2 * (cut_h // 2) high; timm >= 1.0.30 rounds that half
+up. timm's RandomErasing logic is unchanged since January 2020, so the timm the authors
+ran in 2023 erased as 1.0.31 does; with max_count = 1 (min_count defaults to 1) it places
+exactly one box, area not divided.
+
+Differences, all below float32 rounding or of measure zero: lam and the box/erasing
+arithmetic are float32 here (float64 in NumPy/Python there), so a size that lands within
+float32 rounding of an integer boundary can come out one pixel different; images are mixed
+in float32 and cast back to their dtype (timm mixes in place in the image dtype); an image
+is erased when u < probability (timm: not u > probability). Randomness is JAX's, so the
+draws differ from a torch run, not their distribution. The group reshapes need the mesh
+axis in Auto mode (as kd_jax.train builds it), not Explicit.
 """
 import math
 
@@ -104,7 +112,7 @@ class Mixed:
 
 @flax.struct.dataclass
 class MixDraws:
-  """One group's random choices (arrays over groups [G]); lam is the Beta draw, before
+  """Each group's random choices (arrays over groups [G]); lam is the Beta draw, before
   the cutmix correction."""
   apply: jax.Array  # bool: mix this group at all (prob)
   use_cutmix: jax.Array  # bool: cutmix, else mixup
@@ -170,12 +178,12 @@ def apply_mix(images, labels, draws: MixDraws, *, smoothing: float = 0.1, group_
   box_area = ((bottom - top) * (right - left)).astype(jnp.float32)
   lam = jnp.where(draws.use_cutmix, 1.0 - box_area / (height * width), lam)  # correct_lam
 
+  # One weight per pixel of each image's own share: lam (mixup) or 0 in the box, 1 outside
+  # (cutmix, exact: x * 1 + y * 0 = x); one pass that reads each image and its partner once.
+  own = jnp.where(draws.use_cutmix[:, None, None], (~box).astype(jnp.float32),
+                  lam[:, None, None])[:, None, :, :, None]
   grouped = images.astype(jnp.float32).reshape(-1, group_size, *images.shape[1:])
-  partner = grouped[:, ::-1]
-  group_lam = lam[:, None, None, None, None]
-  blended = grouped * group_lam + partner * (1.0 - group_lam)
-  cut = jnp.where(box[:, None, :, :, None], partner, grouped)
-  mixed = jnp.where(draws.use_cutmix[:, None, None, None, None], cut, blended)
+  mixed = grouped * own + grouped[:, ::-1] * (1.0 - own)
   return (mixed.reshape(images.shape).astype(images.dtype),
           Mixed(labels=labels.astype(jnp.int32), lam=jnp.repeat(lam, group_size),
                 smoothing=smoothing, group_size=group_size))
