@@ -1,4 +1,5 @@
-"""Datasets (local CIFAR folders, TFDS, synthetic), on-device augmentation and mixing, batch order."""
+"""Datasets (local CIFAR folders, TFDS, synthetic), on-device augmentation and mixing,
+batch order."""
 from kd_jax.data import augment
 from kd_jax.data import batching
 from kd_jax.data import mixing
