@@ -59,11 +59,14 @@ class BatchAugment:
     erase_key, mix_key = jax.random.split(key)
     if self.erase_prob > 0:
       images = mixing.random_erasing(erase_key, images, probability=self.erase_prob)
-    if self.mixes_labels:
+    group_size = self.mix_group_size or images.shape[0]
+    if self.mixup > 0 or self.cutmix > 0:
       images, labels = mixing.mix_batch(
           mix_key, images, labels, mixup_alpha=self.mixup, cutmix_alpha=self.cutmix,
           prob=self.mix_prob, switch_prob=self.switch_prob, smoothing=self.smoothing,
-          group_size=self.mix_group_size or images.shape[0])
+          group_size=group_size)
+    elif self.smoothing > 0:
+      labels = mixing.Mixed.unmixed(labels, smoothing=self.smoothing, group_size=group_size)
     return images, labels
 
   def describe(self):
