@@ -59,6 +59,13 @@ RULES = {
                                 f"one of {', '.join(models.CLASSIFIER_INITS)}"),
     "student.bn_group_size": (_non_negative, ">= 0 (0: the whole batch)"),
     "student.drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "augment.mixup": (_non_negative, ">= 0 (0: off)"),
+    "augment.cutmix": (_non_negative, ">= 0 (0: off)"),
+    "augment.mix_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "augment.switch_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "augment.erase_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "augment.smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "augment.mix_group_size": (_non_negative, ">= 0 (0: the whole batch)"),
     "teacher.dtype": (DTYPES.__contains__, f"one of {', '.join(DTYPES)}"),
     "teacher.train_epochs": (_non_negative, ">= 0"),
     "teacher.input_norm": (models.INPUT_NORMS.__contains__,
@@ -129,6 +136,12 @@ def check(config):
                     f"{config.student.model} has none")
   method = methods.create(config.method)
   batch_augment.BatchAugment.from_config(config).check(config.batch_size, method)
+  if method.needs_feature_maps:
+    for role in ("student", "teacher"):
+      if not models.has_feature_maps(config[role].model):
+        raise UserError(f"method {config.method.name!r} distils feature maps, and the {role} "
+                        f"{config[role].model} (a transformer) has none: use a CNN {role}, "
+                        "or a logit or embedding method (kd, dkd, nd, pkt, rkd, crd ...)")
   if method.num_views > 1 and feeders.DATASETS[config.data.dataset][1] is feeders.HostFeeder:
     raise UserError(f"method {config.method.name!r} makes {method.num_views} views of each image "
                     f"on the device; {config.data.dataset} is augmented on the host")

@@ -451,3 +451,20 @@ def test_imagenet_step_benchmark_reports_a_ratio():
   assert measured[1]['teacher_dtype'] == 'bfloat16'  # the config's own
   (ratio,) = [r for r in records if r['kind'] == 'ratio']
   assert ratio['step_time_ratio'] > 0 and ratio['denominator'] == 'smoke'
+
+
+@pytest.mark.parametrize('name', ['fitnet', 'at', 'nst', 'sp', 'vid', 'kdsvd', 'ofd', 'reviewkd'])
+def test_feature_map_methods_refuse_a_transformer_in_one_line(name):
+  """A ViT has no spatial stages: every method that distils feature maps says so when
+  the config is checked, before anything is built."""
+  from kd_jax import methods, validate  # pylint: disable=g-import-not-at-top
+  config = imagenet_kd.get_config('smoke_vit')
+  config.method = methods.defaults(name)
+  with pytest.raises(UserError, match=f"method '{name}' distils feature maps, and the teacher "
+                                      "vit_micro_patch16_64 \\(a transformer\\) has none"):
+    validate.check(config)
+  config.teacher.model = 'imagenet_resnet18'
+  for embedding_method in ('pkt', 'rkd'):
+    config.method = methods.defaults(embedding_method)
+    config.teacher.model = 'vit_micro_patch16_64'
+    validate.check(config)  # pooled features: fine with a ViT

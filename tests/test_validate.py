@@ -76,7 +76,8 @@ ZERO_OK = ("bn_group_size", "train_epochs", "weight_decay", "momentum", "synthet
            "synthetic_test_size", "worker_count", "ce_weight", "kd_weight", "weight", "cc_weight",
            "bc_weight", "nd_weight", "alpha", "beta", "gamma", "feat_weight", "distance_weight",
            "angle_weight", "hint_layer", "dkd_weight", "lambda_start", "lambda_end", "min_lr",
-           "warmup_epochs", "b1", "b2", "drop_path_rate")
+           "warmup_epochs", "b1", "b2", "drop_path_rate", "mixup", "cutmix", "mix_prob",
+           "switch_prob", "smoothing", "mix_group_size", "erase_prob")
 
 
 def _acceptable(config, field, value):

@@ -36,15 +36,8 @@ class BatchAugment:
     return self.mixes_labels or self.erase_prob > 0
 
   def check(self, batch_size, method):
-    """One-line UserErrors for settings the batch or the method cannot take."""
-    for name in ("mix_prob", "switch_prob", "erase_prob"):
-      if not 0 <= getattr(self, name) <= 1:
-        raise UserError(f"config.augment.{name}={getattr(self, name)} must be in [0, 1]")
-    for name in ("mixup", "cutmix", "mix_group_size"):
-      if getattr(self, name) < 0:
-        raise UserError(f"config.augment.{name}={getattr(self, name)} must be >= 0")
-    if not 0 <= self.smoothing < 1:
-      raise UserError(f"config.augment.smoothing={self.smoothing} must be in [0, 1)")
+    """One-line UserErrors for settings the batch or the method cannot take (each field's
+    own range is checked with the others, kd_jax.validate.RULES)."""
     group = self.mix_group_size or batch_size
     if self.mixes_labels and (batch_size % group or group % 2):
       raise UserError(f"config.augment.mix_group_size={self.mix_group_size} must be even and "

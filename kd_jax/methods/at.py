@@ -19,6 +19,7 @@ def paired_stages(student, teacher, first=1):
 
 @dataclasses.dataclass(frozen=True)
 class AT(Method):
+  needs_feature_maps = True
   ce_weight: float = non_negative(1.0)
   feat_weight: float = non_negative(1000.0)
   p: float = positive(2.0)

@@ -136,6 +136,8 @@ class Method:
   # True: `loss` also takes the labels of a batch mixed by config.augment (mixup, cutmix,
   # label smoothing: a kd_jax.data.mixing.Mixed instead of int labels).
   accepts_mixed_labels = False
+  # True: the loss reads features['stages'] / ['preact_stages'], which transformers lack.
+  needs_feature_maps = False
 
   def __post_init__(self):
     check_fields(self)

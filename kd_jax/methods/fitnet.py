@@ -57,6 +57,7 @@ class ConvReg(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class FitNet(Method):
+  needs_feature_maps = True
   ce_weight: float = non_negative(1.0)
   feat_weight: float = non_negative(100.0)
   hint_layer: int = non_negative(2)

@@ -18,6 +18,7 @@ from kd_jax.methods.base import Method, cross_entropy, non_negative, positive
 @dataclasses.dataclass(frozen=True)
 class KDSVD(Method):
   """CE + feat_weight * KDSVD over feats[1:]."""
+  needs_feature_maps = True
   ce_weight: float = non_negative(1.0)
   feat_weight: float = non_negative(1.0)
   k: int = positive(1)

@@ -59,6 +59,7 @@ def aligned(student_items, teacher_items):
 @dataclasses.dataclass(frozen=True)
 class OFD(Method):
   """CE + feat_weight * sum of per-stage partial L2, halved per stage from the last."""
+  needs_feature_maps = True
   ce_weight: float = non_negative(1.0)
   feat_weight: float = non_negative(1e-3)
   teacher_bn: str = one_of("batch", ("batch", "running"))

@@ -148,6 +148,7 @@ class ReviewConnectors(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ReviewKD(Method):
+  needs_feature_maps = True
   ce_weight: float = non_negative(1.0)
   reviewkd_weight: float = non_negative(1.0)
   warmup_epochs: int = positive(20)

@@ -12,6 +12,7 @@ from kd_jax.methods.base import Method, cross_entropy, non_negative
 
 @dataclasses.dataclass(frozen=True)
 class SP(Method):
+  needs_feature_maps = True
   ce_weight: float = non_negative(1.0)
   feat_weight: float = non_negative(3000.0)
 

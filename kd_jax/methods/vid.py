@@ -65,6 +65,7 @@ def stage_pairs(student_shapes, teacher_shapes):
 @dataclasses.dataclass(frozen=True)
 class VID(Method):
   """CE + feat_weight * sum of per-stage VID (module docstring)."""
+  needs_feature_maps = True
   ce_weight: float = non_negative(1.0)
   feat_weight: float = non_negative(1.0)
   init_pred_var: float = positive(5.0)

@@ -100,6 +100,12 @@ def reinit_linear(linear, scheme, rngs):
     linear.bias[...] = jnp.zeros_like(linear.bias[...])
 
 
+def has_feature_maps(name):
+  """Whether model `name` has spatial stages (features['stages']): CNNs do, ViTs do not."""
+  _lookup(name)
+  return name not in vit.MODELS
+
+
 def has_drop_path(name):
   """Whether model `name` takes a drop_path_rate (stochastic depth)."""
   return getattr(_lookup(name)[0], 'has_drop_path', False)
