@@ -2,6 +2,8 @@
 
   python -m benchmarks.imagenet_step --pair res34_res18,vitb_res18 --config imagenet_kd \
       [--batch-size 8] [--steps 2] [--repeats 3] [--image-size 224] [--teacher-dtype auto]
+  python -m benchmarks.imagenet_step --config imagenet_deit \
+      --pair 'deit_nd,regnety160_deitb;deit,regnety160_deitb'
 
 Builds each pair from its real config (configs/<config>.py:<pair>: teacher dtype, teacher
 input normalisation, method weights) with random-weight teachers and synthetic images of
@@ -85,15 +87,17 @@ def run(config_name, pairs, batch_size=8, steps=2, repeats=3, image_size=224,
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m benchmarks.imagenet_step")
   parser.add_argument("--config", default="imagenet_kd", help="configs/<name>.py")
-  parser.add_argument("--pair", default="res34_res18,vitb_res18", help="comma-separated; "
-                      "ratios are to the first")
+  parser.add_argument("--pair", default="res34_res18,vitb_res18", help="comma-separated "
+                      "(';'-separated when the config's arguments hold commas, e.g. "
+                      "'deit_nd,regnety160_deitb;deit,regnety160_deitb'); ratios are to the first")
   parser.add_argument("--batch-size", type=int, default=8)
   parser.add_argument("--steps", type=int, default=2, help="steps per timed block")
   parser.add_argument("--repeats", type=int, default=3, help="timed blocks per pair")
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--teacher-dtype", default="auto", choices=("auto", "float32", "bfloat16"))
   args = parser.parse_args(argv)
-  for record in run(args.config, args.pair.split(","), args.batch_size, args.steps,
+  pairs = args.pair.split(";" if ";" in args.pair else ",")
+  for record in run(args.config, pairs, args.batch_size, args.steps,
                     args.repeats, args.image_size, args.teacher_dtype):
     benchmarks.emit(record)
 

@@ -11,6 +11,7 @@ FIELDS = ("pair", "method", "batch_size", "mode", "images_per_second", "step_ms"
           "compile_s", "device", "platform", "cpu_count", "framework")
 
 
+@pytest.mark.slow
 def test_step_loop_and_torch_records(tmp_path):
   """resnet8 -> resnet8, batch 16, 2 timed steps: step, loop, torch and ratio lines."""
   records = train_step.run(["resnet8:resnet8"], ["kd", "no_such_method"], batch_size=16,
@@ -53,6 +54,7 @@ def test_torch_step_alone():
   assert all(r["framework"] == "torch" and r["images_per_second"] > 0 for r in records)
 
 
+@pytest.mark.slow
 def test_conv_layers_records():
   """Every layer of resnet8 gets forward / input_grad / weight_grad lines per framework."""
   from benchmarks import conv_layers  # pylint: disable=g-import-not-at-top

@@ -26,6 +26,7 @@ def test_metrics_by_hand():
   assert result["agreement"] == pytest.approx(100 / 3)
 
 
+@pytest.mark.slow
 def test_command_on_a_teacher_directory(tmp_path):
   model = models.create("resnet8", 10, rngs=nnx.Rngs(1))
   checkpoint.save_teacher(model, str(tmp_path), model_name="resnet8", num_classes=10)

@@ -106,7 +106,7 @@ def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path, config,
   assert stopped.stopped_at == 1
 
 
-@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("skip", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_nonfinite_loss_stops_with_the_step_or_is_skipped(tmp_path, config, dataset, skip):
   diverging = config.copy_and_resolve_references()
   diverging.optim.lr = 1e12  # blows up within a few steps

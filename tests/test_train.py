@@ -38,8 +38,9 @@ def dataset():
   return data.load("cifar10", "synthetic", synthetic_train_size=64, synthetic_test_size=40)
 
 
-@pytest.mark.parametrize("config_module", [cifar_kd, cifar_cskd, cifar_nd],
-                         ids=["kd", "cskd", "nd_grouped_bn"])
+@pytest.mark.parametrize("config_module", [
+    cifar_kd, pytest.param(cifar_cskd, marks=pytest.mark.slow),
+    pytest.param(cifar_nd, marks=pytest.mark.slow)], ids=["kd", "cskd", "nd_grouped_bn"])
 def test_one_step_on_8_devices_equals_1_device(config_module, dataset, teacher_dir):
   """Loss terms, updated parameters (so gradients) and BatchNorm statistics agree.
 
@@ -172,18 +173,18 @@ def test_main_smoke_runs_offline_and_second_run_does_no_work(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.method.name=nope", "unknown method 'nope'"),
-    ("--config.student.model=resnet9", "unknown model 'resnet9'"),
-    ("--config.method.temprature=2.0", 'temprature Did you mean "temperature"'),
-    ("--config.optim.lr=abc", "could not convert string to float: 'abc'"),
+    pytest.param("--config.method.name=nope", "unknown method 'nope'", marks=pytest.mark.slow),
+    pytest.param("--config.student.model=resnet9", "unknown model 'resnet9'", marks=pytest.mark.slow),
+    pytest.param("--config.method.temprature=2.0", 'temprature Did you mean "temperature"', marks=pytest.mark.slow),
+    pytest.param("--config.optim.lr=abc", "could not convert string to float: 'abc'", marks=pytest.mark.slow),
     ("--config.teacher.checkpoint=/nonexistent/t.pth", "teacher checkpoint not found"),
-    ("--config.batch_size=0", "config.batch_size=0"),
+    pytest.param("--config.batch_size=0", "config.batch_size=0", marks=pytest.mark.slow),
     ("--config.num_epochs=0", "config.num_epochs=0 must be > 0"),
-    ("--config.method.temperature=0", "config.method.temperature=0.0 must be > 0"),
-    ("--config.optim.decay_epochs=(5,1)", "config.optim.decay_epochs=(5, 1) must be increasing"),
+    pytest.param("--config.method.temperature=0", "config.method.temperature=0.0 must be > 0", marks=pytest.mark.slow),
+    pytest.param("--config.optim.decay_epochs=(5,1)", "config.optim.decay_epochs=(5, 1) must be increasing", marks=pytest.mark.slow),
     ("--config=configs/no_such_file.py", "No such file or directory: 'configs/no_such_file.py'"),
-    ("--config=configs/cifar_cskd.py:res32x4_res8x5", "unknown pair 'res32x4_res8x5'"),
-    ("--config=configs/cifar_cskd.py:smoke --config.method.t_low=7", "t_low=7.0 must be <"),
+    pytest.param("--config=configs/cifar_cskd.py:res32x4_res8x5", "unknown pair 'res32x4_res8x5'", marks=pytest.mark.slow),
+    pytest.param("--config=configs/cifar_cskd.py:smoke --config.method.t_low=7", "t_low=7.0 must be <", marks=pytest.mark.slow),
 ])
 def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
   workdir = tmp_path / "bad"
