@@ -25,12 +25,7 @@ from kd_jax import losses
 from kd_jax.data import mixing
 from kd_jax.errors import UserError
 from kd_jax.methods.base import Method, linear_warmup, non_negative
-from kd_jax.methods.nd import _WithND, nd_norms
-
-
-def hard_labels(labels):
-  """The int labels of a batch, mixed (kd_jax.data.mixing.Mixed) or not."""
-  return labels.labels if isinstance(labels, mixing.Mixed) else labels
+from kd_jax.methods.nd import _WithND, nd_norms, student_embedding
 
 
 def target_distributions(labels, num_classes):
@@ -86,9 +81,7 @@ class DeiTND(DeiT, _WithND):
 
   def loss(self, student, teacher, labels, epoch, aux):
     total, terms = DeiT.loss(self, student, teacher, labels, epoch, aux)
-    student_features = student.features["pooled"].astype(jnp.float32)
-    if aux.extras is not None:
-      student_features = aux.extras(student_features, train=True)
+    student_features = student_embedding(student, aux)
     class_means = aux.frozen["class_means"]
     if isinstance(labels, mixing.Mixed):
       centers = labels.mix_rows(class_means[labels.labels], class_means.shape[0])

@@ -65,12 +65,16 @@ def teacher_class_means(teacher, feeder):
 
 def nd_term(student, teacher, labels, aux, train=True):
   """ND on pooled features (projected when a head exists) + norm diagnostics."""
-  student_features = student.features["pooled"].astype(jnp.float32)
-  if aux.extras is not None:
-    student_features = aux.extras(student_features, train=train)
+  student_features = student_embedding(student, aux, train)
   value = losses.nd(student_features, teacher.features["pooled"], aux.frozen["class_means"],
                     labels)
   return value, nd_norms(student_features, teacher)
+
+
+def student_embedding(student, aux, train=True):
+  """The student's pooled features as ND sees them: through the projection head if any."""
+  features = student.features["pooled"].astype(jnp.float32)
+  return features if aux.extras is None else aux.extras(features, train=train)
 
 
 def nd_norms(student_features, teacher):
