@@ -136,6 +136,9 @@ def check(config):
                     f"{config.student.model} has none")
   method = methods.create(config.method)
   batch_augment.BatchAugment.from_config(config).check(config.batch_size, method)
+  if method.needs_distillation_token and not models.has_distillation_token(config.student.model):
+    raise UserError(f"method {config.method.name!r} trains a distillation token: the student "
+                    f"must be a distilled DeiT (deit_*_distilled_*), not {config.student.model}")
   if method.needs_feature_maps:
     for role in ("student", "teacher"):
       if not models.has_feature_maps(config[role].model):

@@ -148,6 +148,10 @@ def test_deit_needs_a_distilled_student():
   plain = ModelOutput(student.logits, {"pooled": student.features["pooled"]})
   with pytest.raises(UserError, match="distillation token"):
     methods.create({"name": "deit"}).loss(plain, teacher, jnp.zeros(8, jnp.int32), 0, Aux())
+  config = imagenet_deit.get_config("deit_nd,smoke")  # refused when the config is checked
+  config.student.model, config.student.drop_path_rate = "imagenet_resnet18", 0.0
+  with pytest.raises(UserError, match="student must be a distilled DeiT .*not imagenet_resnet18"):
+    validate.check(config)
 
 
 @pytest.mark.parametrize("change,message", [

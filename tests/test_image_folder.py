@@ -174,10 +174,13 @@ def trained_teacher(folder, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in methods.METHODS if methods.METHODS[n].num_views == 1])
 def test_every_method_runs_on_a_folder_from_main(folder, trained_teacher, tmp_path, name):
+  student = (["--config.student.model=deit_micro_distilled_patch16_64",  # two heads, 64 px
+              "--config.data.image_size=64"]
+             if methods.METHODS[name].needs_distillation_token else [])
   result = _main(f"--config=configs/image_folder.py:{name},smoke", f"--workdir={tmp_path}",
                  f"--config.data.data_dir={folder[0]}",
                  f"--config.teacher.checkpoint={trained_teacher}",
-                 "--config.teacher.train_epochs=0")
+                 "--config.teacher.train_epochs=0", *student)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(read_metrics(str(tmp_path), "eval")) == 2
   assert not (tmp_path / "teacher").exists()  # the given teacher, none trained

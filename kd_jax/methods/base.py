@@ -138,6 +138,8 @@ class Method:
   accepts_mixed_labels = False
   # True: the loss reads features['stages'] / ['preact_stages'], which transformers lack.
   needs_feature_maps = False
+  # True: the loss trains a distilled DeiT's two heads (features['cls_logits'/'dist_logits']).
+  needs_distillation_token = False
 
   def __post_init__(self):
     check_fields(self)

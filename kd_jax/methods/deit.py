@@ -47,6 +47,7 @@ def _heads(student):
 class DeiT(Method):
   """DeiT's hard-label distillation through the distillation token."""
   accepts_mixed_labels = True
+  needs_distillation_token = True
   ce_weight: float = non_negative(0.5)
   kd_weight: float = non_negative(0.5)
   warmup_epochs: int = non_negative(0)

@@ -106,6 +106,12 @@ def has_feature_maps(name):
   return name not in vit.MODELS
 
 
+def has_distillation_token(name):
+  """Whether model `name` is a distilled DeiT (a second head on a distillation token)."""
+  _lookup(name)
+  return name in vit.MODELS and '_distilled_' in name
+
+
 def has_drop_path(name):
   """Whether model `name` takes a drop_path_rate (stochastic depth)."""
   return getattr(_lookup(name)[0], 'has_drop_path', False)
