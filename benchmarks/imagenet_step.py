@@ -33,7 +33,7 @@ class ImageNetVariant:
                             synthetic_train_size=4 * batch_size, synthetic_test_size=batch_size,
                             num_threads=2))
     config.batch_size, config.eval_batch_size = batch_size, batch_size
-    if "augment" in config and batch_size % max(config.augment.mix_group_size, 1):
+    if batch_size % max(config.augment.mix_group_size, 1):
       config.augment.mix_group_size = 0  # a batch below the recipe's group: mix it whole
     if teacher_dtype != "auto":
       config.teacher.dtype = teacher_dtype

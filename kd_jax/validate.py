@@ -123,14 +123,14 @@ def check(config):
     raise UserError(f"config.optim.decay_epochs={tuple(decay)} must be increasing epochs in "
                     f"1..num_epochs ({config.num_epochs})")
   optim = config.optim
-  if optim.get("schedule") == "warmup_cosine" and not (
+  if optim.schedule == "warmup_cosine" and not (
       optim.warmup_epochs < config.num_epochs and optim.min_lr <= optim.lr):
     raise UserError(f"config.optim.warmup_epochs={optim.warmup_epochs} must be < num_epochs "
                     f"({config.num_epochs}) and config.optim.min_lr={optim.min_lr} <= "
                     f"config.optim.lr={optim.lr}")
   for model in (config.student.model, config.teacher.model):
     models.pooled_dim(model)  # an unknown name: UserError listing the valid ones
-  if config.student.get("drop_path_rate") and not models.has_drop_path(config.student.model):
+  if config.student.drop_path_rate and not models.has_drop_path(config.student.model):
     raise UserError(f"config.student.drop_path_rate={config.student.drop_path_rate} needs a "
                     f"student with stochastic depth (a transformer); "
                     f"{config.student.model} has none")
@@ -164,9 +164,9 @@ def teacher_bootstrap_config(config):
   teacher.num_epochs, teacher.teacher.train_epochs = config.teacher.train_epochs, 0
   teacher.optim.decay_epochs = tuple(e for e in config.optim.decay_epochs
                                      if e <= config.teacher.train_epochs)
-  if "warmup_epochs" in config.optim:  # the warm-up's share of the shorter run
-    teacher.optim.warmup_epochs = (config.optim.warmup_epochs * config.teacher.train_epochs
-                                   / config.num_epochs)
+  # The warm-up's share of the shorter run.
+  teacher.optim.warmup_epochs = (config.optim.warmup_epochs * config.teacher.train_epochs
+                                 / config.num_epochs)
   # Plain CE takes int labels, and the teacher model has no stochastic depth to set.
   teacher.augment = ml_collections.ConfigDict(dataclasses.asdict(batch_augment.BatchAugment()))
   teacher.student.drop_path_rate = 0.0

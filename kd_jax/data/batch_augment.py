@@ -25,7 +25,7 @@ class BatchAugment:
 
   @classmethod
   def from_config(cls, config):
-    return cls(**config.augment) if "augment" in config else cls()
+    return cls(**config.augment)
 
   @property
   def mixes_labels(self):

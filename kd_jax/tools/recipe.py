@@ -13,7 +13,6 @@ from absl import app
 from ml_collections import config_flags
 
 from kd_jax import methods, models
-from kd_jax import step as step_lib
 from kd_jax.data import batch_augment, feeders, imagenet
 from kd_jax.errors import UserError
 from kd_jax.tools import published
@@ -90,7 +89,6 @@ def card(config):
 
 
 def _optimizer_line(optim):
-  optim = {**step_lib.OPTIM_DEFAULTS, **optim}
   decayed = ("all parameters" if optim["decay_1d"] else
              "matrices (not biases or other 1-D parameters)")
   if optim["name"] == "adamw":
@@ -101,7 +99,6 @@ def _optimizer_line(optim):
 
 
 def _lr_line(optim, batch_size):
-  optim = {**step_lib.OPTIM_DEFAULTS, **optim}
   if optim["schedule"] == "warmup_cosine":
     return (f"{optim['lr']:g} (batch {batch_size}), linear warm-up from 0 over "
             f"{optim['warmup_epochs']:g} epochs, then cosine to {optim['min_lr']:g}, per step")
