@@ -130,6 +130,50 @@ def test_deit_pp_is_the_authors_loss_on_a_mixed_batch(epoch, groups):
                                            np.asarray(teacher.logits)), rel=1e-5))
 
 
+def _central_differences(f, x, eps=1e-6):
+  x = np.array(x, np.float64)
+  grad = np.zeros_like(x)
+  for index in np.ndindex(x.shape):
+    up, down = x.copy(), x.copy()
+    up[index] += eps
+    down[index] -= eps
+    grad[index] = (f(up) - f(down)) / (2 * eps)
+  return grad
+
+
+def test_deit_pp_gradients_are_the_authors_loss_gradients():
+  """d total / d (class logits, distillation logits, embedding) against central differences
+  of the NumPy transcription of their loss, on a mixed batch of two groups at epoch 2."""
+  student, teacher = _outputs()
+  labels = RNG.integers(0, 5, size=8)
+  class_means = RNG.normal(size=(5, 4))
+  lam = np.array([0.3, 0.8])
+  mixed = mixing.Mixed(labels=jnp.asarray(labels, jnp.int32),
+                       lam=jnp.asarray(np.repeat(lam, 4), jnp.float32), smoothing=0.1,
+                       group_size=4)
+  method = methods.create(imagenet_deit.get_config("deit_nd,regnety160_deitb").method)
+  aux = Aux(frozen={"class_means": jnp.asarray(class_means, jnp.float32)})
+  inputs = {k: np.asarray(student.features[k], np.float64)
+            for k in ("cls_logits", "dist_logits", "pooled")}
+  t_emb, t_logits = (np.asarray(a, np.float64) for a in (teacher.features["pooled"],
+                                                          teacher.logits))
+
+  def total(cls_logits, dist_logits, pooled):
+    out = ModelOutput((cls_logits + dist_logits) / 2, {"pooled": pooled, "cls_logits": cls_logits,
+                                                       "dist_logits": dist_logits})
+    return method.loss(out, teacher, mixed, jnp.asarray(2), aux)[0]
+
+  grads = jax.grad(total, argnums=(0, 1, 2))(*(jnp.asarray(v, jnp.float32)
+                                               for v in inputs.values()))
+  for i, name in enumerate(inputs):
+    def reference(x, name=name):
+      values = dict(inputs, **{name: x})
+      return _authors_deit_pp(values["cls_logits"], values["dist_logits"], values["pooled"],
+                              t_emb, t_logits, labels, class_means, lam, 0.1, 2, 2)
+    np.testing.assert_allclose(grads[i], _central_differences(reference, inputs[name]),
+                               rtol=1e-3, atol=1e-6, err_msg=name)
+
+
 def test_deit_by_hand_on_int_labels():
   """DeiT's paper weights (the dataclass defaults): 0.5 CE(class head) + 0.5 hard KD."""
   student, teacher = _outputs()
