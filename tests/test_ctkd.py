@@ -52,8 +52,15 @@ def _np_kd_instance(s, t, T):
   return total / len(s)
 
 
+def _np_normalize(logits):
+  """The LS repository's CTKD/distiller_zoo/KD.py normalize: z-score with torch's unbiased std."""
+  mean, std = logits.mean(1, keepdims=True), logits.std(1, ddof=1, keepdims=True)
+  return (logits - mean) / (1e-7 + std)
+
+
 def _np_dkd(s, t, y, alpha, beta, T):
-  """distiller_zoo/DKD.py DKDloss with a (learnt) temperature."""
+  """distiller_zoo/DKD.py DKDloss with a (learnt) temperature (the same code in the LS
+  repository's CTKD/distiller_zoo/DKD.py, which takes the raw logits)."""
   gt = np.zeros_like(s, bool)
   gt[np.arange(len(y)), y] = True
   p_s, p_t = np.exp(_log_softmax(s / T)), np.exp(_log_softmax(t / T))
@@ -209,12 +216,32 @@ def test_method_totals_by_hand_global_dkd_and_standardized():
   expected = _np_ce(STUDENT, LABELS) + _np_dkd(STUDENT, TEACHER, LABELS, 1.0, 2.0, T)
   assert float(total) == pytest.approx(expected, rel=1e-5) and "kd" not in metrics
 
-  z = lambda x: (x - x.mean(1, keepdims=True)) / (x.std(1, ddof=1, keepdims=True) + 1e-7)
+  z = _np_normalize
   ls = _create(kd_weight=9.0, t_start=2.0, standardize=True)
   total, _ = ls.loss(student, teacher, labels, jnp.asarray(5), Aux(extras=module))
   T = 2.0 + 20.0 / (1.0 + math.exp(-1.0))
   expected = 0.1 * _np_ce(STUDENT, LABELS) + 9.0 * _np_kd(z(STUDENT), z(TEACHER), T)
   assert float(total) == pytest.approx(expected, rel=1e-5)
+
+
+def test_standardized_dkd_base_keeps_dkd_on_raw_logits_as_the_ls_ctkd_copy():
+  """LS repository CTKD/helper/loops.py: loss = gamma CE + alpha criterion_div(logit_s,
+  logit_t, temp) + beta DKDloss(logit_s, logit_t, target, ...): with standardization on,
+  criterion_div is DistillKL_logit_stand (z-scored KD) and DKDloss sees the raw logits."""
+  student, teacher = _outputs()
+  T = 1.0 + 20.0 / (1.0 + math.exp(-1.0))
+  method = _create(ce_weight=1.0, kd_weight=0.5, dkd_weight=1.0, alpha=1.0, beta=2.0,
+                   standardize=True)
+  total, metrics = method.loss(student, teacher, jnp.asarray(LABELS), jnp.asarray(0),
+                               Aux(extras=temp_lib.GlobalTemperature()))
+  kd = 0.5 * _np_kd(_np_normalize(STUDENT), _np_normalize(TEACHER), T)
+  dkd = _np_dkd(STUDENT, TEACHER, LABELS, 1.0, 2.0, T)
+  assert float(metrics["kd"]) == pytest.approx(kd, rel=1e-5)
+  assert float(metrics["dkd"]) == pytest.approx(dkd, rel=1e-5)
+  assert float(total) == pytest.approx(_np_ce(STUDENT, LABELS) + kd + dkd, rel=1e-5)
+  assert method.formula().endswith(
+      ", KD term on both sides' logits z-scored per sample (LS), DKD term on raw logits "
+      "(as the LS repository's CTKD/ copy)")
 
 
 def test_instance_module_starts_at_mid_range_takes_no_student_gradient_and_learns():

@@ -9,9 +9,10 @@ extras: trained by the same SGD as the student (same lr schedule, momentum and w
 decay, as their single optimizer over `trainable_list`), saved in checkpoints, never in the
 final student. Their scripts: KD base `-r 0.1 -a 0.9 -b 0`, DKD base `-r 1 -a 0 -b 1
 --dkd_alpha 1 --dkd_beta 2` (resnet56 -> resnet20), without DKD's warm-up (their
-`train_distill` has none). `standardize` z-scores both sides' logits before the KD/DKD
-terms (the logit-standardization repository's CTKD/ copy); the temperature module still
-sees the raw logits. Metrics: ctkd_t_mean / ctkd_t_std (over the batch) and ctkd_lambda.
+`train_distill` has none). `standardize` z-scores both sides' logits before the KD term
+only, as the logit-standardization repository's CTKD/ copy (helper/loops.py: its
+`criterion_div`, DistillKL_logit_stand, standardizes; `DKDloss` gets the raw logits); the
+DKD term and the temperature module see the raw logits. Metrics: ctkd_t_mean / ctkd_t_std (over the batch) and ctkd_lambda.
 """
 import dataclasses
 
@@ -63,13 +64,13 @@ class CTKD(Method):
     lam = self.curriculum(epoch)
     raw = aux.extras(teacher.logits, student.logits, -lam)
     temperature = bounded(raw, self.t_start, self.t_end)
-    student_logits, teacher_logits = distillation_logits(student, teacher, self.standardize)
     terms = {"ce": self.ce_weight * cross_entropy(student.logits, labels)}
     if self.kd_weight:
       kd = losses.kd if self.temperature_module == "global" else losses.kd_instance_temperature
-      terms["kd"] = self.kd_weight * kd(student_logits, teacher_logits, temperature)
+      terms["kd"] = self.kd_weight * kd(*distillation_logits(student, teacher, self.standardize),
+                                        temperature)
     if self.dkd_weight:
-      terms["dkd"] = self.dkd_weight * losses.dkd(student_logits, teacher_logits, labels,
+      terms["dkd"] = self.dkd_weight * losses.dkd(student.logits, teacher.logits, labels,
                                                   self.alpha, self.beta, temperature)
     diagnostics = {"ctkd_t_mean": jnp.mean(temperature), "ctkd_t_std": jnp.std(temperature),
                    "ctkd_lambda": lam}
@@ -97,4 +98,11 @@ class CTKD(Method):
       terms.append(f"{self.dkd_weight:g} DKD(alpha={self.alpha:g}, beta={self.beta:g}, T)")
     where = "T learnt per sample" if self.temperature_module == "instance" else "T learnt"
     return (" + ".join(terms) + f", {where} in ({self.t_start:g}, {self.t_start + self.t_end:g})"
-            " through gradient reversal (CTKD)" + standardized(self.standardize))
+            " through gradient reversal (CTKD)" + self._standardized())
+
+  def _standardized(self):
+    """The card's LS note: the KD term alone is standardized (the LS CTKD/ copy)."""
+    if not self.standardize or not self.dkd_weight:
+      return standardized(self.standardize)
+    kd = "KD term on both sides' logits z-scored per sample (LS), " if self.kd_weight else ""
+    return f", {kd}DKD term on raw logits (as the LS repository's CTKD/ copy)"
