@@ -90,8 +90,7 @@ def test_find_runs_skips_nested_teacher(root):
 
 def test_run_best_and_last_from_metrics(root):
   run = summarize.load_run(os.path.join(root, "cifar_kd", "res56_res20", "seed0"))
-  assert (run.method, run.teacher, run.student, run.seed) == ("cifar_kd", "resnet56",
-                                                              "resnet20", 0)
+  assert (run.method, run.teacher, run.student, run.seed) == ("KD", "resnet56", "resnet20", 0)
   assert (run.best_top1, run.last_top1, run.epochs_done, run.finished) == (71.0, 70.5, 4, True)
   running = summarize.load_run(os.path.join(root, "cifar_kd", "res56_res20", "seed2"))
   assert (running.best_top1, running.last_top1, running.finished) == (65.0, 65.0, False)
@@ -102,7 +101,7 @@ def test_markdown_table_numbers(root):
   text = summarize.table(root, "markdown", warn=warnings.append)
   assert not warnings
   lines = text.splitlines()
-  assert lines[0] == "| teacher→student | teacher top-1 | cifar_ce | cifar_cskd | cifar_kd |"
+  assert lines[0] == "| teacher→student | teacher top-1 | CE | CSKD | KD |"
   # Rows in METHODS.md order, runs alone last.
   assert lines[2] == (
       "| resnet56→resnet20 | 72.00 (paper 72.34) |  "
@@ -120,7 +119,7 @@ def test_markdown_table_numbers(root):
 
 def test_csv_unrounded_statistics(root):
   rows = list(csv.DictReader(io.StringIO(summarize.table(root, "csv"))))
-  kd = next(r for r in rows if r["method"] == "cifar_kd" and r["student"] == "resnet20")
+  kd = next(r for r in rows if r["method"] == "KD" and r["student"] == "resnet20")
   assert int(kd["n"]) == 2
   assert float(kd["best_mean"]) == pytest.approx(71.5)
   assert float(kd["best_std"]) == pytest.approx(math.sqrt(0.5))  # ddof=1
@@ -128,27 +127,29 @@ def test_csv_unrounded_statistics(root):
   assert float(kd["published"]) == 70.66
   assert float(kd["diff_best"]) == pytest.approx(71.5 - 70.66)
   assert kd["status"] == "+1 running: epoch 2/4, best 65.00"
-  alone = next(r for r in rows if r["method"] == "cifar_ce")
+  alone = next(r for r in rows if r["method"] == "CE")
   assert alone["best_std"] == "" and alone["status"] == "finished"
 
 
-def test_warns_when_seeds_differ_in_config(root):
+def test_seeds_differing_in_config_are_kept_apart_with_a_warning(root):
   path = os.path.join(root, "cifar_cskd", "res56_res20", "seed1", "config.json")
   with open(path) as f:
     config = json.load(f)
   with open(path, "w") as f:
     json.dump(config | {"num_epochs": 240, "seed": 7}, f)
   warnings = []
-  summarize.table(root, "long", warn=warnings.append)
-  assert warnings == ["warning: cifar_cskd on resnet56→resnet20 mixes configs differing in "
-                      "num_epochs"]
+  text = summarize.table(root, "long", warn=warnings.append)
+  assert warnings == ["warning: CSKD runs on resnet56→resnet20 differ in num_epochs: kept "
+                      "apart as CSKD (num_epochs=240), CSKD (num_epochs=4)"]
+  assert "| CSKD (num_epochs=4) | 1 | 74.00 ± – | 73.00 ± – |" in text
+  assert "| CSKD (num_epochs=240) | 1 | 73.50 ± – | 73.50 ± – |" in text
 
 
 def test_long_table_and_cli(root):
   result = subprocess.run([sys.executable, "-m", "kd_jax.tools.summarize", f"--root={root}",
                            "--format=long"], capture_output=True, text=True, check=True,
                           cwd=REPO_ROOT)
-  assert ("| resnet56→resnet20 | cifar_cskd | 2 | 73.75 ± 0.35 | 73.25 ± 0.35 | – | – | "
+  assert ("| resnet56→resnet20 | CSKD | 2 | 73.75 ± 0.35 | 73.25 ± 0.35 | – | – | "
           "finished |") in result.stdout
 
 
@@ -295,7 +296,7 @@ def test_sweep_summarize_plots_end_to_end(tmp_path):
                       f"--root={root}", "--extra=--config.num_epochs=1")
   assert result.returncode == 0, result.stderr[-3000:]
   text = summarize.table(str(root), "long")
-  assert "| resnet14→resnet8 (cifar10) | cifar_kd | 2 |" in text
+  assert "| resnet14→resnet8 (cifar10) | KD | 2 |" in text
   assert plots.plot_all(str(root), str(tmp_path / "plots"))
   rerun = _sweep_cli("--configs=configs/cifar_kd.py", "--pairs=smoke", "--seeds=0,1",
                      f"--root={root}")

@@ -10,9 +10,15 @@ When a group has finished runs, only those enter the statistics and the others a
 ('+1 running: epoch 3/240, best 41.20'); a group with none finished shows its running runs'
 numbers marked '(running, epoch 3/240)'.
 
-The method of a run is the folder name <method> when the run lies in the sweep layout
-ROOT/<method>/<pair>/seed<N> (the config file's stem, e.g. cifar_cskd, or stem.VARIANT,
-e.g. cifar_nd.dkd_nd: see kd_jax.tools.sweep), otherwise config.method.name.
+A run is labelled by what it is, read from its config.json, never by where its folder
+sits (main.py's runs/<config>/<arg>/seed<N>, --workdir=X, --seeds ... --workdir=X's
+X/seed<N>, sweep's ROOT/<method>/<pair>/seed<N> or any hand-made folder): the published
+name it reproduces ('KD', 'DKD++', 'CTKD+LS'; kd_jax.tools.published), else its
+config.method.name upper-cased with its add-ons ('+DKD' a DKD term, '+instance-T', '+ND'
+an ND term, '+LS' logit standardization). Runs share a statistic only when their configs
+agree in everything but the seed-like SEED_KEYS; runs of one pair and label whose configs
+differ otherwise are kept apart, each label followed by the fields that differ ('KD
+(optim.lr=0.1)'), and a warning names them.
 """
 import csv
 import dataclasses
@@ -20,7 +26,6 @@ import io
 import json
 import math
 import os
-import re
 import statistics
 import sys
 
@@ -29,7 +34,6 @@ from absl import flags
 
 from kd_jax.tools import published
 
-_SEED_DIR = re.compile(r"seed\d+$")
 # Methods trained without a teacher: their rows are one model, compared with its alone number.
 TEACHERLESS = ("ce",)
 DASH = "–"
@@ -100,14 +104,23 @@ class Run:
     return self.evals[self.epochs_done]["top1"] if self.evals else None
 
 
-def method_label(path, config):
-  """<method> for ROOT/<method>/<pair>/seed<N> workdirs, else config.method.name."""
-  path = os.path.abspath(path)
-  if _SEED_DIR.match(os.path.basename(path)):
-    stem = os.path.basename(os.path.dirname(os.path.dirname(path)))
-    if stem:
-      return stem
-  return config["method"]["name"]
+def method_label(config):
+  """What the run with this resolved `config` (a dict) is: its published name, else
+  config.method.name upper-cased with its add-ons (see the module docstring)."""
+  method = config["method"]
+  name = published.published_method(method)
+  if name:
+    return name
+  name = str(method.get("name", "?"))
+  with_nd = name.endswith("_nd") or any(
+      key.startswith("nd") and value not in (0, 0.0, False, None)
+      for key, value in method.items() if key != "name")
+  label = name.removesuffix("_nd").upper()
+  if method.get("dkd_weight") and name != "dkd":
+    label += "+DKD"
+  if method.get("temperature_module") == "instance":
+    label += "+instance-T"
+  return label + ("+ND" if with_nd else "") + ("+LS" if method.get("standardize") else "")
 
 
 def load_run(path):
@@ -117,7 +130,7 @@ def load_run(path):
   records = read_jsonl(os.path.join(path, "metrics.jsonl"))
   evals = {int(r["epoch"]): r for r in records if r.get("kind") == "eval"}
   teacher_evals = [r["top1"] for r in records if r.get("kind") == "teacher_eval"]
-  return Run(path=path, method=method_label(path, config), config=config, evals=evals,
+  return Run(path=path, method=method_label(config), config=config, evals=evals,
              train=[r for r in records if r.get("kind") == "train"],
              teacher_top1=teacher_evals[-1] if teacher_evals else None,
              has_summary=os.path.exists(os.path.join(path, "summary.json")))
@@ -141,18 +154,6 @@ def find_runs(root):
   return found
 
 
-def group_runs(runs):
-  """{(dataset, teacher, student): {method: [runs sorted by seed]}}."""
-  groups = {}
-  for run in runs:
-    row = groups.setdefault((run.dataset, run.teacher, run.student), {})
-    row.setdefault(run.method, []).append(run)
-  for row in groups.values():
-    for method_runs in row.values():
-      method_runs.sort(key=lambda r: (r.seed is None, r.seed, r.path))
-  return groups
-
-
 def _flatten(tree, prefix=""):
   flat = {}
   for key, value in tree.items():
@@ -163,16 +164,75 @@ def _flatten(tree, prefix=""):
   return flat
 
 
-# Config keys that may differ between the seeds of one group without changing the method.
-IGNORED_KEYS = {"seed", "data.data_dir", "teacher.checkpoint", "log_every_steps",
-                "checkpoint_keep", "eval_batch_size"}
+# Config keys that differ between the seeds of one experiment without changing it.
+SEED_KEYS = {"seed", "data.data_dir", "teacher.checkpoint", "log_every_steps",
+             "checkpoint_keep", "eval_batch_size"}
+# Free text about a run: named in a label only when nothing else tells its runs apart.
+DESCRIPTIVE_KEYS = {"source"}
+
+
+def config_identity(config):
+  """The config without its SEED_KEYS, as text: runs with equal identities are seeds of
+  one experiment."""
+  flat = _flatten(config)
+  return json.dumps({k: v for k, v in flat.items() if k not in SEED_KEYS}, sort_keys=True)
 
 
 def config_differences(runs):
-  """Config keys (other than IGNORED_KEYS) whose values differ between `runs`."""
+  """Config keys (other than SEED_KEYS) whose values differ between `runs`."""
   flats = [_flatten(r.config) for r in runs]
-  keys = set().union(*flats) - IGNORED_KEYS
+  keys = set().union(*flats) - SEED_KEYS
   return sorted(k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1)
+
+
+def _setting(flat, key):
+  """'field=value' (a method field without its section), as a label shows it."""
+  value = flat.get(key, "unset")
+  text = value if isinstance(value, str) else json.dumps(value)
+  return f"{key.removeprefix('method.')}={text}"
+
+
+def _split_labels(method, flats, keys):
+  """'METHOD (key=value, ...)' for each flattened config in `flats`."""
+  return [f"{method} ({', '.join(_setting(flat, k) for k in keys)})" for flat in flats]
+
+
+@dataclasses.dataclass
+class Split:
+  """Runs of one pair and label whose configs differ beyond the seed: kept apart."""
+  method: str
+  row: tuple  # (dataset, teacher, student)
+  keys: list  # the config keys that differ
+  labels: list  # the labels they got, one per config
+
+
+def group_runs(runs, splits=None):
+  """{(dataset, teacher, student): {label: [runs sorted by seed]}}: one label per config
+  (SEED_KEYS aside); runs of one pair whose method labels are equal but whose configs
+  differ get the differing fields appended (each such case appended to `splits`)."""
+  by_config = {}
+  for run in runs:
+    row = by_config.setdefault((run.dataset, run.teacher, run.student), {})
+    row.setdefault(run.method, {}).setdefault(config_identity(run.config), []).append(run)
+  groups = {}
+  for key, row in by_config.items():
+    groups[key] = {}
+    for method, configs in row.items():
+      if len(configs) == 1:
+        groups[key][method] = next(iter(configs.values()))
+        continue
+      flats = [_flatten(config_runs[0].config) for config_runs in configs.values()]
+      differ = config_differences([config_runs[0] for config_runs in configs.values()])
+      labels = _split_labels(method, flats, [k for k in differ if k not in DESCRIPTIVE_KEYS])
+      if len(set(labels)) < len(labels):  # told apart by a descriptive key too
+        labels = _split_labels(method, flats, differ)
+      groups[key].update(zip(labels, configs.values()))
+      if splits is not None:
+        splits.append(Split(method, key, differ, sorted(labels)))
+  for row in groups.values():
+    for method_runs in row.values():
+      method_runs.sort(key=lambda r: (r.seed is None, r.seed, r.path))
+  return groups
 
 
 def mean_std(values):
@@ -321,14 +381,12 @@ def table(root, fmt="markdown", warn=None):
   runs = [load_run(path) for path in find_runs(root)]
   if not runs:
     return None
-  groups = group_runs(runs)
+  splits = []
+  groups = group_runs(runs, splits)
   cells = {key: {m: summarize_group(rs) for m, rs in row.items()} for key, row in groups.items()}
-  for key, row in groups.items():
-    for method, method_runs in row.items():
-      differences = config_differences(method_runs)
-      if differences and warn:
-        warn(f"warning: {method} on {row_label(*key)} mixes configs differing in "
-             f"{', '.join(differences)}")
+  for split in splits if warn else ():
+    warn(f"warning: {split.method} runs on {row_label(*split.row)} differ in "
+         f"{', '.join(split.keys)}: kept apart as {', '.join(split.labels)}")
   if fmt == "markdown":
     return _markdown(groups, cells, sorted({m for row in groups.values() for m in row}))
   if fmt == "long":

@@ -20,8 +20,8 @@ A "pair" is whatever the config file's get_config takes: a pair of
 configs/cifar_common.PAIRS, 'smoke', or a model name for configs/cifar_ce.py. Configs
 whose argument is 'VARIANT,PAIR' (cifar_nd.py, cifar_ls.py) are named FILE:VARIANT, e.g.
 --configs=configs/cifar_nd.py:dkd_nd; the run then gets --config=FILE:VARIANT,PAIR and
-<method> is the file's stem, plus '.VARIANT' when given (cifar_nd.dkd_nd): that folder
-name is the method kd_jax.tools.summarize reports.
+<method> is the file's stem, plus '.VARIANT' when given (cifar_nd.dkd_nd). The folder names
+only place the runs: kd_jax.tools.summarize labels each run by its config ('DKD++').
 """
 import dataclasses
 import importlib.util
