@@ -142,5 +142,10 @@ class ManifestArgs(ocp.args.CheckpointArgs):
 
 
 def step_problem(step_dir):
-  """Why a run checkpoint's step directory fails its manifest (None when it passes)."""
+  """Why a run checkpoint's step directory fails its manifest (None when it passes). A
+  step written before manifests existed (no manifest item) is left to Orbax, with a warning."""
+  if not os.path.isdir(os.path.join(step_dir, ITEM)):
+    logging.warning("%s has no checksum manifest (written by an older kd_jax): read "
+                    "unchecked", step_dir)
+    return None
   return problem(step_dir, os.path.join(step_dir, ITEM, FILENAME))

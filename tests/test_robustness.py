@@ -1,4 +1,5 @@
-"""Nothing lost: preemption, crashes mid-save, two runs on one workdir, divergence."""
+"""Nothing lost: preemption, crashes mid-save, a damaged checkpoint, two runs on one workdir,
+divergence."""
 import os
 import shutil
 import signal
@@ -73,6 +74,29 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, config, dataset,
   train.train_and_evaluate(config, workdir, dataset)
   for a, b in zip(_params(straight_run), _params(workdir)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_older_to_identical_results(
+    tmp_path, config, dataset, straight_run):
+  """Bytes of the newest checkpoint changed, sizes kept: its checksums fail, the run
+  resumes from the older checkpoint and ends exactly as the run that never stopped (as
+  an undamaged resume from that checkpoint does, see the tests above)."""
+  workdir = str(tmp_path / "damaged")
+  train.train_and_evaluate(config, workdir, dataset, max_steps=6)  # checkpoints 4 and 6
+  state = os.path.join(workdir, "checkpoints", "6", "state")
+  largest = max((os.path.join(d, f) for d, _, names in os.walk(state) for f in names),
+                key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  summary = train.train_and_evaluate(config, workdir, dataset)
+  for a, b in zip(_params(straight_run), _params(workdir)):
+    np.testing.assert_array_equal(a, b)
+  evals = [[(r["epoch"], r["top1"]) for r in read_metrics(d, "eval")] for d in (straight_run, workdir)]
+  assert evals[0] == evals[1] and summary.last_top1 == evals[0][-1][1]
+  assert os.listdir(os.path.join(workdir, "checkpoints_damaged"))[0].startswith("6.")
 
 
 def test_second_run_on_the_same_workdir_is_refused(tmp_path, config, dataset):
