@@ -200,6 +200,8 @@ class Trainer:
     epoch = (step - 1) // self.steps_per_epoch
     means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
     means["lr"] = float(self.schedule(step - 1))
+    if getattr(self.feeder, "skipped_images", 0):  # host-fed data, config.data.bad_images
+      means["skipped_images"] = self.feeder.skipped_images
     writer.write(step, "train", means)
 
   def _stop_agreed(self, step):

@@ -55,6 +55,8 @@ RULES = {
     "data.worker_count": (lambda v: v >= -1, ">= -1 (-1: chosen from the host)"),
     "data.interpolation": (tuple(imagenet.INTERPOLATIONS).__contains__,
                            f"one of {', '.join(imagenet.INTERPOLATIONS)}"),
+    "data.bad_images": (imagenet.BAD_IMAGES.__contains__,
+                        f"one of {', '.join(imagenet.BAD_IMAGES)}"),
     "student.classifier_init": (models.CLASSIFIER_INITS.__contains__,
                                 f"one of {', '.join(models.CLASSIFIER_INITS)}"),
     "student.bn_group_size": (_non_negative, ">= 0 (0: the whole batch)"),
