@@ -84,7 +84,7 @@ def test_every_visible_checkpoint_lists_all_its_item_files(tmp_path):
   for step in ("4", "8"):
     step_dir = os.path.join(checkpoints, step)
     with open(os.path.join(step_dir, manifest.ITEM, manifest.FILENAME)) as f:
-      listed = set(json.load(f)["sha256"])
+      listed = set(json.load(f)["crc32"])
     on_disk = {os.path.relpath(os.path.join(d, f), step_dir)
                for d, _, names in os.walk(step_dir) for f in names
                if os.path.relpath(d, step_dir).split(os.sep)[0] in ("state", "progress")}
