@@ -14,6 +14,7 @@ import time
 from absl import logging
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
@@ -134,9 +135,8 @@ class RunCheckpoints:
     `at_most` (default: any). Damaged steps are skipped with a warning naming them; every
     step newer than the one restored is set aside, so the resumed run can save again."""
     steps = sorted(self.manager.all_steps(), reverse=True)
-    for step in steps:
-      if at_most is not None and step > at_most:
-        continue
+    tried = [step for step in steps if at_most is None or step <= at_most]
+    for step in tried:
       step_dir = os.path.join(self.directory, str(step))
       why = manifest.step_problem(step_dir)
       if why is None:
@@ -144,13 +144,14 @@ class RunCheckpoints:
           restored = self.manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_train_state),
               progress=ocp.args.JsonRestore()))
-          self._set_aside([s for s in steps if s > step])
-          return restored.state, restored.progress, step
         except Exception as error:  # pylint: disable=broad-except  # Orbax raises anything
           why = f"Orbax cannot read it: {type(error).__name__} {str(error)[:200]!r}"
+        else:
+          self._set_aside([s for s in steps if s > step])
+          return restored.state, restored.progress, step
       logging.warning("checkpoint %s is damaged (%s): skipped", step_dir, why)
     raise UserError(f"no intact checkpoint in {self.directory} (steps "
-                    f"{', '.join(map(str, sorted(steps)))} are damaged, see the warnings "
+                    f"{', '.join(map(str, sorted(tried)))} are damaged, see the warnings "
                     "above); nothing was deleted: restore them from a copy, or --overwrite "
                     "to start the run again")
 
@@ -166,6 +167,8 @@ class RunCheckpoints:
         os.rename(os.path.join(self.directory, str(step)), target)
         logging.warning("moved checkpoint %d to %s (the run resumes from an older one)",
                         step, target)
+    if jax.process_count() > 1:  # every host sees the moves before it looks again
+      multihost_utils.sync_global_devices("kd_jax_checkpoints_set_aside")
     self.manager.reload()
 
   def close(self):

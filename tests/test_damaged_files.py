@@ -110,6 +110,19 @@ def test_damaged_newest_checkpoint_is_skipped_for_the_older_one(tmp_path, caplog
       checkpoint.abstract_like(_tree(0)))[2] == 8
 
 
+def test_restore_at_most_a_step_sets_the_newer_intact_one_aside(tmp_path):
+  """Seeds resume together: one seed's damaged step 8 sends every seed back to step 4, so
+  an intact step 8 is set aside (kept) for the resumed run to save step 8 again."""
+  checkpoints = _two_checkpoints(str(tmp_path))
+  saver = checkpoint.RunCheckpoints(str(tmp_path))
+  assert saver.restore(checkpoint.abstract_like(_tree(0)), at_most=4)[2] == 4
+  assert sorted(os.listdir(checkpoints)) == ["4"]
+  aside = os.path.join(str(tmp_path), "checkpoints_damaged")
+  (moved,) = os.listdir(aside)
+  assert manifest.step_problem(os.path.join(aside, moved)) is None  # intact, kept
+  saver.close()
+
+
 def test_checkpoint_orbax_cannot_read_is_skipped(tmp_path, caplog):
   """No manifest to catch it (a checkpoint of an older kd_jax): Orbax's own failure counts."""
   checkpoints = _two_checkpoints(str(tmp_path))
