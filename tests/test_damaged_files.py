@@ -92,7 +92,7 @@ def test_every_visible_checkpoint_lists_all_its_item_files(tmp_path):
     assert manifest.step_problem(step_dir) is None
 
 
-@pytest.mark.parametrize("how", DAMAGES[:4])
+@pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_newest_checkpoint_is_skipped_for_the_older_one(tmp_path, caplog, how):
   checkpoints = _two_checkpoints(str(tmp_path))
   damage(_largest_file(os.path.join(checkpoints, "8", "state")), how)
@@ -161,7 +161,7 @@ def _copy(path, tmp_path):
   return shutil.copytree(path, str(tmp_path / "copy"))
 
 
-@pytest.mark.parametrize("how", DAMAGES[:4])
+@pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_teacher_state_is_one_line_naming_it(tmp_path, saved_teacher, how):
   teacher = _copy(saved_teacher, tmp_path)
   damage(_largest_file(os.path.join(teacher, "state")), how)
@@ -284,3 +284,17 @@ def test_main_says_one_line_for_a_damaged_config_json(tmp_path):
   assert "Traceback" not in result.stderr
   errors = [line for line in result.stderr.splitlines() if "config.json is damaged" in line]
   assert len(errors) == 1 and "--overwrite" in errors[0]
+
+
+def test_evaluate_says_one_line_for_a_damaged_teacher(tmp_path, saved_teacher):
+  """The evaluate tool checks the manifest: exit status 2, one line, no traceback."""
+  teacher = _copy(saved_teacher, tmp_path)
+  damage(_largest_file(os.path.join(teacher, "state")), "flipped")
+  result = subprocess.run(
+      [sys.executable, "-m", "kd_jax.tools.evaluate", f"--checkpoint={teacher}",
+       "--model=resnet8", "--dataset=cifar10", "--source=synthetic", "--batch_size=32"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  errors = [line for line in result.stderr.splitlines() if "is damaged" in line]
+  assert len(errors) == 1 and errors[0].startswith(f"error: {teacher}/state is damaged")
