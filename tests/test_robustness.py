@@ -1,5 +1,6 @@
 """Nothing lost: preemption, crashes mid-save, a damaged checkpoint, two runs on one workdir,
 divergence."""
+import json
 import os
 import shutil
 import signal
@@ -97,6 +98,21 @@ def test_damaged_newest_checkpoint_resumes_from_the_older_to_identical_results(
   evals = [[(r["epoch"], r["top1"]) for r in read_metrics(d, "eval")] for d in (straight_run, workdir)]
   assert evals[0] == evals[1] and summary.last_top1 == evals[0][-1][1]
   assert os.listdir(os.path.join(workdir, "checkpoints_damaged"))[0].startswith("6.")
+
+
+@pytest.mark.slow  # the fast checks: test_damaged_files.py (summary.json damaged: one line)
+def test_deleted_summary_is_written_again_from_the_last_checkpoint(tmp_path, config, dataset,
+                                                                   straight_run):
+  """What the damaged-summary.json line tells the user to do works: delete it, rerun."""
+  workdir = shutil.copytree(straight_run, str(tmp_path / "copy"))
+  with open(os.path.join(straight_run, "summary.json")) as f:
+    expected = json.load(f)
+  os.remove(os.path.join(workdir, "summary.json"))
+  summary = train.train_and_evaluate(config, workdir, dataset)
+  assert (summary.best_top1, summary.last_top1, summary.epochs) == (
+      expected["best_top1"], expected["last_top1"], expected["epochs"])
+  for a, b in zip(_params(straight_run), _params(workdir)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_second_run_on_the_same_workdir_is_refused(tmp_path, config, dataset):
