@@ -7,6 +7,8 @@ deterministic (so an exact resume still holds).
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -17,7 +19,7 @@ from kd_jax.data import feeders, image_folder, imagenet
 from kd_jax.errors import UserError
 from kd_jax.metrics import read_metrics
 from tests.test_damaged_files import damage
-from tests.test_image_folder import _config, _write_folder
+from tests.test_image_folder import REPO, _config, _write_folder
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +176,16 @@ def test_log_adds_skipped_images_of_the_feeder(monkeypatch):
   sums = {"loss": np.float32(2.0), step_lib.FIRST_NONFINITE: np.int32(step_lib.NEVER)}
   trainer._log(Writer(), Meter(), 2, sums, 2)  # pylint: disable=protected-access
   assert written[0][1]["skipped_images"] == 3 and written[0][1]["loss"] == 1.0
+
+
+@pytest.mark.slow  # fast check of the same: test_decode_failures_stop_naming_the_file
+def test_main_stops_with_one_line_naming_an_undecodable_image(clean_folder, tmp_path):
+  root, (path,) = _damaged_copy(clean_folder, tmp_path, {"train/cat/cat_0.jpg": "truncated"})
+  result = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/image_folder.py:ce,smoke",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={root}"],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  errors = [line for line in result.stderr.splitlines() if "cannot be decoded" in line]
+  assert len(errors) == 1 and path in errors[0]
