@@ -44,8 +44,9 @@ def main():
   with tempfile.TemporaryDirectory() as root:
     keep = args.repeats + 2  # no deletion of old steps inside the timed saves
     with_manifest = checkpoint.RunCheckpoints(f"{root}/with", keep=keep)
-    plain = ocp.CheckpointManager(f"{root}/plain/checkpoints",
-                                  options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    plain = ocp.CheckpointManager(
+        f"{root}/plain/checkpoints",
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
     def save_plain(number):
       plain.save(number, args=ocp.args.Composite(

@@ -90,7 +90,8 @@ def test_decode_failures_stop_naming_the_file(clean_folder, tmp_path):
   root, paths = _damaged_copy(clean_folder, tmp_path, DECODE_DAMAGES)
   config = _config(root)
   feeder = feeders.create(config, train.data_mesh())
-  with pytest.raises(UserError, match=r"cannot be decoded as an image .*bad_images='skip'") as error:
+  with pytest.raises(UserError,
+                     match=r"cannot be decoded as an image .*bad_images='skip'") as error:
     for _ in feeder.train_batches(0):
       pass
   assert "\n" not in str(error.value) and str(error.value).split(" cannot")[0] in paths
