@@ -35,7 +35,8 @@ RULES = {
     "batch_size": (_positive, "> 0"),
     "eval_batch_size": (_positive, "> 0"),
     "log_every_steps": (_positive, "> 0"),
-    "checkpoint_keep": (_positive, "> 0"),
+    "checkpoint_keep": (lambda v: v >= 2, ">= 2 (an older checkpoint to resume from when the "
+                        "newest is damaged)"),
     "optim.lr": (_positive, "> 0"),
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": (_non_negative, ">= 0"),

@@ -298,3 +298,11 @@ def test_evaluate_says_one_line_for_a_damaged_teacher(tmp_path, saved_teacher):
   assert "Traceback" not in result.stderr
   errors = [line for line in result.stderr.splitlines() if "is damaged" in line]
   assert len(errors) == 1 and errors[0].startswith(f"error: {teacher}/state is damaged")
+
+
+def test_runs_keep_an_older_checkpoint_to_fall_back_to(tiny_kd_config):
+  from kd_jax import validate  # pylint: disable=g-import-not-at-top
+  config = tiny_kd_config.copy_and_resolve_references()
+  config.checkpoint_keep = 1
+  with pytest.raises(UserError, match=r"config.checkpoint_keep=1 must be >= 2"):
+    validate.check(config)
