@@ -26,7 +26,8 @@ def get_config(arg="kd"):
       dataset="image_folder", source="folder", data_dir="", train_split="train", test_split="val",
       image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_threads=0,
       worker_count=-1,  # 0 / -1: from the host's usable cores (kd_jax.data.parallelism)
-      train_augment="crop_flip", interpolation="bilinear"))  # as in imagenet_common
+      train_augment="crop_flip", interpolation="bilinear",  # as in imagenet_common
+      bad_images="stop"))
   config.num_epochs, config.batch_size, config.eval_batch_size = 100, 256, 500
   config.teacher.checkpoint, config.teacher.train_epochs = "", config.num_epochs
   config.optim.update(dict(lr=0.1, decay_epochs=(30, 60, 90)))

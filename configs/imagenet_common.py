@@ -44,12 +44,13 @@ def get_base(method: dict, arg: str, method_overrides=None) -> ml_collections.Co
   config.data = ml_collections.ConfigDict(dict(
       dataset="imagenet2012", source="tfds", data_dir="", image_size=224, num_threads=0,
       worker_count=-1, synthetic_train_size=0, synthetic_test_size=0, synthetic_image_size=64,
-      train_augment="crop_flip", interpolation="bilinear"))
+      train_augment="crop_flip", interpolation="bilinear", bad_images="stop"))
   # num_threads=0, worker_count=-1: decode threads / worker processes from the host's usable
   # cores (kd_jax.data.parallelism); set them to override. train_augment: "crop_flip" or a
   # timm RandAugment policy ("rand-m9-mstd0.5-inc1": DeiT's), applied on the host after the
   # crop and flip; interpolation: "bilinear" or "bicubic" (DeiT's) for the train crop, the
-  # eval resize and RandAugment's geometric ops (kd_jax/data/imagenet.py).
+  # eval resize and RandAugment's geometric ops (kd_jax/data/imagenet.py). bad_images: an image
+  # that does not decode stops the run naming it ("stop") or is skipped and counted ("skip").
   config.optim.update(dict(lr=0.2, weight_decay=1e-4, decay_epochs=(30, 60, 90)))
   config.num_epochs, config.batch_size, config.eval_batch_size = 100, 512, 1000
   config.source = "mdistiller ImageNet recipe, configs/imagenet (METHODS.md 6)"

@@ -9,19 +9,23 @@ A teacher comes from one of three places, told apart by what the path holds:
 """
 import json
 import os
+import time
 
+from absl import logging
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kd_jax import models
+from kd_jax import manifest, models, run_files
 from kd_jax.errors import UserError
 
 TEACHER_INFO = "teacher.json"
 RUN_INFO = "run.json"  # written by train.py: the student's model name and class count
+_INFO_REMEDY = "restore it from a copy, or produce that teacher again"
 
 
 def _abstract_model(model_name, num_classes, dtype):
@@ -39,6 +43,7 @@ def _restore_model(state_dir, model_name, num_classes, dtype, source):
   abstract_state = jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
       abstract_state)
+  manifest.check(state_dir)
   try:
     state = ocp.StandardCheckpointer().restore(os.path.abspath(state_dir), abstract_state)
   except (ValueError, KeyError, FileNotFoundError) as error:
@@ -53,13 +58,9 @@ def save_teacher(model, directory, *, model_name, num_classes):
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(directory, "state"), nnx.state(model), force=True)
   checkpointer.wait_until_finished()
-  with open(os.path.join(directory, TEACHER_INFO), "w") as f:
-    json.dump({"model": model_name, "num_classes": num_classes}, f)
-
-
-def _read_json(path):
-  with open(path) as f:
-    return json.load(f)
+  manifest.seal(os.path.join(directory, "state"))
+  run_files.write_text(os.path.join(directory, TEACHER_INFO),
+                       json.dumps({"model": model_name, "num_classes": num_classes}))
 
 
 def load_teacher(path, model_name, num_classes, *, dtype=jnp.float32):
@@ -77,7 +78,8 @@ def load_teacher(path, model_name, num_classes, *, dtype=jnp.float32):
   for info_name, state_dir in ((TEACHER_INFO, "state"), (RUN_INFO, "final_student")):
     info_path = os.path.join(path, info_name)
     if os.path.exists(info_path):
-      info = _read_json(info_path)
+      info = run_files.fields(info_path, run_files.read_json(info_path, _INFO_REMEDY),
+                              ("model", "num_classes"), _INFO_REMEDY)
       if (info["model"], info["num_classes"]) != (model_name, num_classes):
         raise UserError(f"teacher at {path} is {info['model']} with {info['num_classes']} "
                         f"classes, but the config asks for {model_name} with {num_classes}")
@@ -95,34 +97,79 @@ def save_final_student(model, workdir):
   checkpointer.save(os.path.join(os.path.abspath(workdir), "final_student"),
                     nnx.state(model, nnx.Not(nnx.RngState)), force=True)
   checkpointer.wait_until_finished()
+  manifest.seal(os.path.join(os.path.abspath(workdir), "final_student"))
 
 
 class RunCheckpoints:
-  """Orbax CheckpointManager for the train state + a JSON record of progress.
+  """Orbax CheckpointManager for the train state + a JSON record of progress + checksums.
 
   Saved every epoch (async) and at the end; the newest `keep` are kept. Orbax writes
   to a temporary directory and renames it when complete, so an interrupted save never
-  shadows the previous checkpoint.
+  shadows the previous checkpoint; the checksum manifest (kd_jax.manifest) is written
+  inside it before the rename. A step that fails its checksums or that Orbax cannot read
+  is skipped on restore (moved to `checkpoints_damaged/`), and the run resumes from the
+  newest intact one.
   """
 
   def __init__(self, workdir, keep=2):
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
     self.manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        # In this order: the manifest item is finalized after the items it checksums.
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "progress": ocp.JsonCheckpointHandler(),
+                       manifest.ITEM: manifest.ManifestHandler()})
 
   def latest_step(self):
     return self.manager.latest_step()
 
   def save(self, step, train_state, progress):
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(train_state), progress=ocp.args.JsonSave(progress)))
+        state=ocp.args.StandardSave(train_state), progress=ocp.args.JsonSave(progress),
+        **{manifest.ITEM: manifest.ManifestArgs()}))
 
-  def restore(self, abstract_train_state):
-    """Returns (train_state, progress) of the newest complete checkpoint."""
-    step = self.manager.latest_step()
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_train_state), progress=ocp.args.JsonRestore()))
-    return restored.state, restored.progress
+  def restore(self, abstract_train_state, at_most=None):
+    """(train_state, progress, step) of the newest intact checkpoint at or before step
+    `at_most` (default: any). Damaged steps are skipped with a warning naming them; every
+    step newer than the one restored is set aside, so the resumed run can save again."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    tried = [step for step in steps if at_most is None or step <= at_most]
+    for step in tried:
+      step_dir = os.path.join(self.directory, str(step))
+      why = manifest.step_problem(step_dir)
+      if why is None:
+        try:
+          restored = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_train_state),
+              progress=ocp.args.JsonRestore()))
+        except Exception as error:  # pylint: disable=broad-except  # Orbax raises anything
+          why = f"Orbax cannot read it: {type(error).__name__} {str(error)[:200]!r}"
+        else:
+          self._set_aside([s for s in steps if s > step])
+          return restored.state, restored.progress, step
+      logging.warning("checkpoint %s is damaged (%s): skipped", step_dir, why)
+    raise UserError(f"no intact checkpoint in {self.directory} (steps "
+                    f"{', '.join(map(str, sorted(tried)))} are damaged, see the warnings "
+                    "above); nothing was deleted: restore them from a copy, or --overwrite "
+                    "to start the run again")
+
+  def _set_aside(self, steps):
+    """Moves the (damaged or superseded) `steps` out of Orbax's sight, keeping their files."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      aside = os.path.join(self.workdir, "checkpoints_damaged")
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+        os.rename(os.path.join(self.directory, str(step)), target)
+        logging.warning("moved checkpoint %d to %s (the run resumes from an older one)",
+                        step, target)
+    if jax.process_count() > 1:  # every host sees the moves before it looks again
+      multihost_utils.sync_global_devices("kd_jax_checkpoints_set_aside")
+    self.manager.reload()
 
   def close(self):
     self.manager.wait_until_finished()

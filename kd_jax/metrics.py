@@ -10,6 +10,8 @@ from absl import logging
 import jax
 from tensorboardX import SummaryWriter
 
+from kd_jax import run_files
+
 
 class MetricWriter:
   """Appends {'step', 'kind', ...scalars} to metrics.jsonl and mirrors them to TensorBoard."""
@@ -17,6 +19,7 @@ class MetricWriter:
   def __init__(self, workdir):
     self.enabled = jax.process_index() == 0
     if self.enabled:
+      run_files.repair_jsonl_tail(os.path.join(workdir, "metrics.jsonl"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -37,8 +40,7 @@ class MetricWriter:
 
 def read_metrics(workdir, kind=None):
   """The records of a run's metrics.jsonl, optionally only one kind ('train', 'eval')."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = run_files.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   return [r for r in records if kind is None or r["kind"] == kind]
 
 

@@ -25,7 +25,6 @@ differ). Only device-resident (CIFAR-sized) datasets are supported.
 """
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -312,14 +311,18 @@ class SeedsTrainer(train.Trainer):
       raise UserError(f"--seeds: the seeds' checkpoints are at different steps ({steps}); "
                       "resume them one at a time (--config.seed=N) or in groups at one step")
     abstract = checkpoint.abstract_like(self.seed_state(0))
-    states = []
-    for i, c in enumerate(checkpoints):
-      state, restored = c.restore(abstract)
-      restored.pop("data_state", None)
-      states.append(state)
-      progress[i] = restored
-    self.state = jax.device_put(stack(states), self.per_seed)
-    logging.info("resumed %d seeds from step %d", len(states), latest[0])
+    at_most = None
+    while True:  # the newest step intact for every seed (a damaged one sets all back)
+      restored = [c.restore(abstract, at_most) for c in checkpoints]
+      steps = {step for _, _, step in restored}
+      if len(steps) == 1:
+        break
+      at_most = min(steps)
+    for i, (_, seed_progress, _) in enumerate(restored):
+      seed_progress.pop("data_state", None)
+      progress[i] = seed_progress
+    self.state = jax.device_put(stack([state for state, _, _ in restored]), self.per_seed)
+    logging.info("resumed %d seeds from step %d", len(restored), steps.pop())
 
   def _per_seed(self, results):
     return [results] * len(self.seeds) if isinstance(results, dict) else results
@@ -394,8 +397,7 @@ def train_and_evaluate_seeds(config, seeds, workdirs, loaded=None, max_steps=Non
     train._check_config_matches(seed_config, workdir)  # pylint: disable=protected-access
     summary_path = os.path.join(workdir, "summary.json")
     if os.path.exists(summary_path):
-      with open(summary_path) as f:
-        results[index] = train.RunResult(**json.load(f))
+      results[index] = train.read_summary(summary_path)
       logging.info("%s is complete", workdir)
     else:
       pending.append(index)
@@ -469,9 +471,7 @@ def _run_locked(configs, workdirs, loaded, method, teacher, max_steps, devices):
     checkpoint.save_final_student(trainer.student(index), workdir)
     result.seconds_this_session = seconds  # the program's time, shared by its seeds
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump({k: v for k, v in dataclasses.asdict(result).items()
-                   if k not in ("stopped_at", "signal")}, f, indent=2)
+      train.write_summary(os.path.join(workdir, "summary.json"), result)
     logging.info("seed %d done: best top-1 %.2f%% (epoch %d), last %.2f%%", seeds[index],
                  result.best_top1, result.best_epoch, result.last_top1)
   return results

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, guards, models, validate
+from kd_jax import checkpoint, evaluation, guards, models, run_files, validate
 from kd_jax import step as step_lib
 from kd_jax.data import batch_augment, feeders
 from kd_jax.errors import UserError
@@ -158,9 +158,10 @@ class Trainer:
     try:
       progress = {"best_top1": None, "best_epoch": None, "last_top1": None, "teacher_top1": None}
       if checkpoints.latest_step() is not None:
-        self.state, progress = checkpoints.restore(checkpoint.abstract_like(self.state))
+        self.state, progress, restored_step = checkpoints.restore(
+            checkpoint.abstract_like(self.state))
         self.feeder.restore(progress.pop("data_state", None))
-        logging.info("resumed from step %d in %s", checkpoints.latest_step(), workdir)
+        logging.info("resumed from step %d in %s", restored_step, workdir)
       step = int(jax.device_get(self.state.step))
       if self.evaluate_teacher and progress["teacher_top1"] is None:
         teacher_eval = self.evaluate_teacher(self.frozen["teacher"])
@@ -199,6 +200,8 @@ class Trainer:
     epoch = (step - 1) // self.steps_per_epoch
     means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
     means["lr"] = float(self.schedule(step - 1))
+    if getattr(self.feeder, "skipped_images", 0):  # host-fed data, config.data.bad_images
+      means["skipped_images"] = self.feeder.skipped_images
     writer.write(step, "train", means)
 
   def _stop_agreed(self, step):
@@ -254,8 +257,7 @@ def _check_config_matches(config, workdir):
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     return
-  with open(config_path) as f:
-    stored = _flat(json.load(f))
+  stored = _flat(run_files.read_json(config_path))
   current = _flat(json.loads(config.to_json_best_effort()))
   differ = sorted(key for key in stored.keys() | current.keys()
                   if stored.get(key) != current.get(key))
@@ -271,12 +273,29 @@ def _record_run(config, workdir, num_classes):
   config_path = os.path.join(workdir, "config.json")
   resolved = config.to_json_best_effort(sort_keys=True, indent=2)
   if jax.process_index() == 0:
-    with open(config_path, "w") as f:
-      f.write(resolved)
-    with open(os.path.join(workdir, checkpoint.RUN_INFO), "w") as f:
-      json.dump({"model": config.student.model, "num_classes": num_classes,
-                 "method": config.method.name, "devices": jax.device_count(),
-                 "platform": jax.devices()[0].platform, "versions": _versions()}, f, indent=2)
+    run_files.write_text(config_path, resolved)
+    run_files.write_text(os.path.join(workdir, checkpoint.RUN_INFO), json.dumps(
+        {"model": config.student.model, "num_classes": num_classes,
+         "method": config.method.name, "devices": jax.device_count(),
+         "platform": jax.devices()[0].platform, "versions": _versions()}, indent=2))
+
+
+SUMMARY_REMEDY = ("delete it and rerun the same command to write it again from the last "
+                  "checkpoint, or use --overwrite to start the run again")
+
+
+def read_summary(path):
+  """The RunResult a finished run recorded in summary.json."""
+  names = [f.name for f in dataclasses.fields(RunResult)]
+  record = run_files.fields(path, run_files.read_json(path, SUMMARY_REMEDY), names[:5],
+                            SUMMARY_REMEDY)
+  return RunResult(**{name: record[name] for name in names if name in record})
+
+
+def write_summary(path, result):
+  run_files.write_text(path, json.dumps(
+      {k: v for k, v in dataclasses.asdict(result).items() if k not in ("stopped_at", "signal")},
+      indent=2))
 
 
 def _train_teacher(config, workdir, loaded):
@@ -291,7 +310,7 @@ def _train_teacher(config, workdir, loaded):
 def _cache(teacher_path, info, workdir, input_norm="data"):
   """Setup.cached: results keyed by (teacher, dataset, the teacher's input normalisation
   when it is not the data's), kept beside the teacher checkpoint (or in the workdir when
-  that place is read-only), recomputed when the shape differs."""
+  that place is read-only), recomputed when the shape differs or the file is damaged."""
   norm_key = "" if input_norm == "data" else f".{input_norm}_input"
 
   def cached(name, shape, compute):
@@ -300,16 +319,15 @@ def _cache(teacher_path, info, workdir, input_norm="data"):
               else f"{teacher_path}.{filename}")
     places = [beside, os.path.join(workdir, filename)]
     for path in places:
-      if os.path.exists(path):
-        value = np.load(path)
-        if value.shape == tuple(shape):
-          logging.info("%s from %s", name, path)
-          return value
+      value = run_files.load_cache(path) if os.path.exists(path) else None
+      if value is not None and value.shape == tuple(shape):
+        logging.info("%s from %s", name, path)
+        return value
     logging.info("computing %s (once per teacher and dataset)", name)
     value = np.asarray(compute())
     for path in places:
       try:
-        np.save(path, value)
+        run_files.save_cache(path, value)
         break
       except OSError:
         continue
@@ -337,8 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, loaded=N
   _check_config_matches(config, workdir)
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      summary = RunResult(**json.load(f))
+    summary = read_summary(summary_path)
     logging.info("%s is complete: best top-1 %.2f%%, last %.2f%%", workdir,
                  summary.best_top1, summary.last_top1)
     return summary
@@ -383,9 +400,7 @@ def _run_locked(config, workdir, loaded, method, teacher, teacher_path, max_step
   checkpoint.save_final_student(trainer.student(), workdir)
   result.seconds_this_session = time.perf_counter() - start
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump({k: v for k, v in dataclasses.asdict(result).items()
-                 if k not in ("stopped_at", "signal")}, f, indent=2)
+    write_summary(os.path.join(workdir, "summary.json"), result)
   logging.info("done: best top-1 %.2f%% (epoch %d), last %.2f%%", result.best_top1,
                result.best_epoch, result.last_top1)
   return result

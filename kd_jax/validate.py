@@ -35,7 +35,8 @@ RULES = {
     "batch_size": (_positive, "> 0"),
     "eval_batch_size": (_positive, "> 0"),
     "log_every_steps": (_positive, "> 0"),
-    "checkpoint_keep": (_positive, "> 0"),
+    "checkpoint_keep": (lambda v: v >= 2, ">= 2 (an older checkpoint to resume from when the "
+                        "newest is damaged)"),
     "optim.lr": (_positive, "> 0"),
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": (_non_negative, ">= 0"),
@@ -55,6 +56,8 @@ RULES = {
     "data.worker_count": (lambda v: v >= -1, ">= -1 (-1: chosen from the host)"),
     "data.interpolation": (tuple(imagenet.INTERPOLATIONS).__contains__,
                            f"one of {', '.join(imagenet.INTERPOLATIONS)}"),
+    "data.bad_images": (imagenet.BAD_IMAGES.__contains__,
+                        f"one of {', '.join(imagenet.BAD_IMAGES)}"),
     "student.classifier_init": (models.CLASSIFIER_INITS.__contains__,
                                 f"one of {', '.join(models.CLASSIFIER_INITS)}"),
     "student.bn_group_size": (_non_negative, ">= 0 (0: the whole batch)"),

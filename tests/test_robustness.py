@@ -1,4 +1,6 @@
-"""Nothing lost: preemption, crashes mid-save, two runs on one workdir, divergence."""
+"""Nothing lost: preemption, crashes mid-save, a damaged checkpoint, two runs on one workdir,
+divergence."""
+import json
 import os
 import shutil
 import signal
@@ -71,6 +73,44 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path, config, dataset,
   shutil.copytree(os.path.join(checkpoints, "4"), partial)
   os.remove(os.path.join(partial, "_CHECKPOINT_METADATA"))  # truncated mid-write
   train.train_and_evaluate(config, workdir, dataset)
+  for a, b in zip(_params(straight_run), _params(workdir)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_older_to_identical_results(
+    tmp_path, config, dataset, straight_run):
+  """Bytes of the newest checkpoint changed, sizes kept: its checksums fail, the run
+  resumes from the older checkpoint and ends exactly as the run that never stopped (as
+  an undamaged resume from that checkpoint does, see the tests above)."""
+  workdir = str(tmp_path / "damaged")
+  train.train_and_evaluate(config, workdir, dataset, max_steps=6)  # checkpoints 4 and 6
+  state = os.path.join(workdir, "checkpoints", "6", "state")
+  largest = max((os.path.join(d, f) for d, _, names in os.walk(state) for f in names),
+                key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  summary = train.train_and_evaluate(config, workdir, dataset)
+  for a, b in zip(_params(straight_run), _params(workdir)):
+    np.testing.assert_array_equal(a, b)
+  evals = [[(r["epoch"], r["top1"]) for r in read_metrics(d, "eval")] for d in (straight_run, workdir)]
+  assert evals[0] == evals[1] and summary.last_top1 == evals[0][-1][1]
+  assert os.listdir(os.path.join(workdir, "checkpoints_damaged"))[0].startswith("6.")
+
+
+@pytest.mark.slow  # the fast checks: test_damaged_files.py (summary.json damaged: one line)
+def test_deleted_summary_is_written_again_from_the_last_checkpoint(tmp_path, config, dataset,
+                                                                   straight_run):
+  """What the damaged-summary.json line tells the user to do works: delete it, rerun."""
+  workdir = shutil.copytree(straight_run, str(tmp_path / "copy"))
+  with open(os.path.join(straight_run, "summary.json")) as f:
+    expected = json.load(f)
+  os.remove(os.path.join(workdir, "summary.json"))
+  summary = train.train_and_evaluate(config, workdir, dataset)
+  assert (summary.best_top1, summary.last_top1, summary.epochs) == (
+      expected["best_top1"], expected["last_top1"], expected["epochs"])
   for a, b in zip(_params(straight_run), _params(workdir)):
     np.testing.assert_array_equal(a, b)
 

@@ -61,6 +61,7 @@ class HostData:
   num_classes: int
   mean: tuple[float, float, float] = imagenet.IMAGENET_MEAN
   std: tuple[float, float, float] = imagenet.IMAGENET_STD
+  skipped: tuple[str, ...] = ()  # files the loader left out (config.data.bad_images='skip')
 
 
 _seeds_permutations = jax.jit(jax.vmap(batching.epoch_permutation, in_axes=(0, None, None)),
@@ -170,7 +171,9 @@ class HostFeeder:
   """Each host decodes and augments its slice of every global batch (a grain pipeline,
   kd_jax.data.imagenet); the slices become one global array sharded over ('data',). The
   pipeline's position is saved with every checkpoint, so a resumed run continues on the
-  exact next batch."""
+  exact next batch. An image that does not decode stops the run naming its file, or with
+  config.data.bad_images='skip' is skipped (kd_jax.data.imagenet) and counted:
+  `skipped_images` is the number of distinct files skipped so far in this session."""
 
   def __init__(self, host_data: HostData, config, mesh):
     settings = config.data
@@ -189,9 +192,12 @@ class HostFeeder:
                  self._augment["train_augment"], self._pipeline["interpolation"])
     self._train_records, self._batch_size, self._seed = (host_data.train, config.batch_size,
                                                          config.seed)
+    self._test_records = host_data.test
+    self._bad_images = settings.get("bad_images", "stop")
+    self._skipped = set(host_data.skipped)
     self._iterator = imagenet.make_train_iterator(config.batch_size, seed=config.seed,
                                                   records=host_data.train, **self._pipeline,
-                                                  **self._augment)
+                                                  **self._augment, bad_images=self._bad_images)
     self._eval = imagenet.make_eval_batches(config.eval_batch_size, records=host_data.test,
                                             **self._pipeline)
     self.steps_per_epoch = self._iterator.steps_per_epoch
@@ -208,9 +214,27 @@ class HostFeeder:
     return {name: jax.make_array_from_process_local_data(self._sharding, array)
             for name, array in arrays.items()}
 
+  @property
+  def skipped_images(self):
+    return len(self._skipped)
+
+  def _check_bad(self, batch, records):
+    """Stops naming the first file in `batch` that did not decode, or ('skip') names each
+    such file once in the log."""
+    for index in np.unique(batch["bad"][batch["bad"] != imagenet.NOT_BAD]):
+      name = imagenet.record_name(records, int(index))
+      if self._bad_images != "skip":
+        raise UserError(f"{name} cannot be decoded as an image (truncated, damaged or another "
+                        "format); replace or remove it, or set config.data.bad_images='skip' "
+                        "to skip such files")
+      if name not in self._skipped:
+        self._skipped.add(name)
+        logging.warning("skipped image %s: it cannot be decoded", name)
+
   def train_batches(self, epoch):
     del epoch  # the iterator knows its position
     for batch in self._iterator:
+      self._check_bad(batch, self._train_records)
       yield self._global(batch)
 
   def example_train_batch(self):
@@ -228,6 +252,7 @@ class HostFeeder:
 
   def eval_batches(self):
     for batch in self._eval:
+      self._check_bad(batch, self._test_records)
       yield self._global(batch, with_mask=True)
 
   def train_pass(self):
@@ -239,8 +264,10 @@ class HostFeeder:
     one_epoch = imagenet.make_train_iterator(self._batch_size, seed=self._seed, num_epochs=1,
                                              records=self._train_records, **plain,
                                              train_augment=imagenet.CROP_FLIP,
-                                             mean=self._augment["mean"])
+                                             mean=self._augment["mean"],
+                                             bad_images=self._bad_images)
     for batch in one_epoch:
+      self._check_bad(batch, self._train_records)
       yield self._global(batch, with_mask=True)
 
   def pass_inputs(self, batch):
@@ -282,9 +309,10 @@ def _load_imagenet(config):
 
 def _load_image_folder(config):
   settings = config.data
-  splits = image_folder.load(settings.data_dir, settings.train_split, settings.test_split)
+  splits = image_folder.load(settings.data_dir, settings.train_split, settings.test_split,
+                             settings.get("bad_images", "stop"))
   return HostData(splits.train, splits.test, splits.num_classes, tuple(settings.mean),
-                  tuple(settings.std))
+                  tuple(settings.std), splits.skipped)
 
 
 # config.data.dataset -> (loader(config) -> data, feeder class taking that data)

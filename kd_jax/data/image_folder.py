@@ -7,14 +7,26 @@ crops (train) or resizes + center-crops (eval) to `config.data.image_size`. Clas
 the k-th class folder of the training split in sorted order; the test split may lack
 classes but not add any. Tiny-ImageNet's val/ keeps its labels in a text file: move its
 images into val/<wnid>/ first (one folder per class, as train/ is).
+
+The scan reads the first bytes of every file: an empty file or one that is no image
+format (an HTML error page saved as .jpg) stops the run naming it, or with
+`bad_images='skip'` is left out (named in the log). Damage further in (a truncated JPEG)
+shows when the file is decoded (kd_jax.data.imagenet, the same policy).
 """
 from collections import abc
+from concurrent import futures
 import dataclasses
 import os
+
+from absl import logging
 
 from kd_jax.errors import UserError
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+# The first bytes of each format Pillow reads for these extensions. Pillow decodes by
+# content, not name (ImageNet has PNGs named .JPEG): any of them is accepted for any name.
+MAGIC = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'BM', b'II*\x00',
+         b'MM\x00*')
 
 
 class Files(abc.Sequence):
@@ -30,12 +42,47 @@ class Files(abc.Sequence):
     with open(self._paths[index], 'rb') as f:
       return {'image': f.read(), 'label': self._labels[index]}
 
+  def name(self, index):
+    """The path of record `index` (for messages about it)."""
+    return self._paths[index]
+
+
+def header_problem(path):
+  """Why the file at `path` is not an image (from its first bytes), or None."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(12)
+  except OSError as error:
+    return f'cannot be read: {error.strerror}'
+  if not head:
+    return 'empty file'
+  if head.startswith(MAGIC) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP'):
+    return None
+  return f'not an image file (it starts with {head[:8]!r})'
+
+
+def _check_headers(paths, labels, bad_images):
+  """(paths, labels) without the files that are no image; 'stop': UserError naming one."""
+  with futures.ThreadPoolExecutor(16) as pool:  # file opens: I/O bound
+    problems = list(pool.map(header_problem, paths))
+  bad = [(path, why) for path, why in zip(paths, problems) if why]
+  if bad and bad_images != 'skip':
+    more = f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''
+    raise UserError(f'{bad[0][0]}: {bad[0][1]}{more}; replace or remove it, or set '
+                    "config.data.bad_images='skip' to leave such files out")
+  for path, why in bad:
+    logging.warning('skipped image %s: %s', path, why)
+  keep = [why is None for why in problems]
+  return ([p for p, k in zip(paths, keep) if k], [l for l, k in zip(labels, keep) if k],
+          [path for path, _ in bad])
+
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
   train: Files
   test: Files
   classes: tuple[str, ...]
+  skipped: tuple[str, ...] = ()  # files left out by the scan (bad_images='skip')
 
   @property
   def num_classes(self):
@@ -64,8 +111,9 @@ def _scan(root, classes=None):
   return paths, labels, classes
 
 
-def load(data_dir, train_split='train', test_split='val') -> Splits:
-  """Both splits of the image folder at `data_dir`; one-line errors if it is not one."""
+def load(data_dir, train_split='train', test_split='val', bad_images='stop') -> Splits:
+  """Both splits of the image folder at `data_dir`; one-line errors if it is not one.
+  Files that are no image: see the module docstring."""
   if not data_dir:
     raise UserError(f'config.data.data_dir is not set: point it at {_layout("DIR")}')
   data_dir = os.path.expanduser(data_dir)
@@ -75,6 +123,8 @@ def load(data_dir, train_split='train', test_split='val') -> Splits:
       raise UserError(f'{root} not found: expected {_layout(data_dir)}')
   train_paths, train_labels, classes = _scan(roots[0])
   test_paths, test_labels, _ = _scan(roots[1], classes)
+  train_paths, train_labels, train_bad = _check_headers(train_paths, train_labels, bad_images)
+  test_paths, test_labels, test_bad = _check_headers(test_paths, test_labels, bad_images)
   for root, paths in zip(roots, (train_paths, test_paths)):
     if not paths:
       raise UserError(f'no image files ({", ".join(EXTENSIONS)}) under {root}/<class>/: '
@@ -82,4 +132,5 @@ def load(data_dir, train_split='train', test_split='val') -> Splits:
   if len(classes) < 2:
     raise UserError(f'{roots[0]} has {len(classes)} class folder(s); a classifier needs two '
                     'or more')
-  return Splits(Files(train_paths, train_labels), Files(test_paths, test_labels), classes)
+  return Splits(Files(train_paths, train_labels), Files(test_paths, test_labels), classes,
+                tuple(train_bad + test_bad))

@@ -33,6 +33,7 @@ from collections import abc
 import io
 import math
 import os
+import struct
 import threading
 from typing import Any
 
@@ -433,6 +434,40 @@ class _EvalOrder(abc.Sequence):
 # ---------------------------------------------------------------- grain stages
 
 
+# What a host pipeline does with an image it cannot read or decode (config.data.bad_images):
+# stop the run naming the file, or skip it (counted, each file named once in the log).
+BAD_IMAGES = ('stop', 'skip')
+# What Pillow raises on a truncated, damaged or non-image file (UnidentifiedImageError and
+# "image file is truncated" are OSErrors); a file that vanished is an OSError too.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error,
+                 Image.DecompressionBombError)
+NOT_BAD = -1  # 'bad' of an element whose own image was used
+
+
+def _read(source, index: int) -> dict:
+  """Record `index`; a file that cannot be read gives empty bytes (which fail to decode)."""
+  try:
+    example = source[index]
+  except OSError:
+    return {'image': b'', 'label': 0}
+  return {'image': example['image'], 'label': int(example['label'])}
+
+
+def record_name(records, index: int) -> str:
+  """The file behind record `index` for messages: its path (image folders), its TFDS
+  'file_name', else its index."""
+  name = getattr(records, 'name', None)
+  if name:
+    return name(index)
+  try:
+    file_name = records[index].get('file_name')
+  except (OSError, AttributeError, KeyError):
+    file_name = None
+  if isinstance(file_name, (bytes, np.bytes_)):
+    file_name = file_name.decode('utf-8', 'replace')
+  return f'{file_name} (record {index})' if file_name else f'record {index}'
+
+
 class _Read(grain.transforms.Map):
   """Fetches the record named by 'index' (none for eval padding, index -1)."""
 
@@ -442,43 +477,74 @@ class _Read(grain.transforms.Map):
   def map(self, element: dict) -> dict:
     if element['index'] < 0:
       return {**element, 'image': None, 'label': 0}
-    example = self._source[element['index']]
-    return {**element, 'image': example['image'], 'label': int(example['label'])}
+    return {**element, **_read(self._source, element['index'])}
 
 
 class _TrainAugment(grain.transforms.Map):
-  """Decode + random resized crop + flip (+ RandAugment), keyed by (seed, epoch, position)."""
+  """Decode + random resized crop + flip (+ RandAugment), keyed by (seed, epoch, position).
+
+  An image that does not decode is marked in 'bad' (its record index). With
+  bad_images='skip' the example is replaced by the next record that decodes (index + 1,
+  + 2, ...), augmented with the same key: batches keep their shape and stay a function of
+  (seed, epoch, position), so a resumed run sees the same ones. With 'stop' it becomes a
+  black image for the host to refuse (kd_jax.data.feeders raises, naming the file).
+  """
 
   def __init__(self, image_size: int, seed: int, interpolation: str = 'bilinear',
-               augment: pil_rand_augment.RandAugment | None = None):
+               augment: pil_rand_augment.RandAugment | None = None, records=None,
+               bad_images: str = 'stop'):
     self._image_size = image_size
     self._seed = seed
     self._interpolation = interpolation
     self._augment = augment
+    self._records = records
+    self._skip = bad_images == 'skip'
 
-  def map(self, element: dict) -> dict:
+  def _transform(self, image, element):
     rng = np.random.default_rng(
         [self._seed, _AUGMENT_STREAM, element['epoch'], element['position']])
-    image = train_transform(element['image'], rng, self._image_size, self._interpolation,
-                            self._augment)
-    return {'image': image,
-            'label': np.int32(element['label']), 'index': np.int32(element['index'])}
+    return train_transform(image, rng, self._image_size, self._interpolation, self._augment)
+
+  def map(self, element: dict) -> dict:
+    index, label = element['index'], element['label']
+    try:
+      return {'image': self._transform(element['image'], element), 'label': np.int32(label),
+              'index': np.int32(index), 'bad': np.int32(NOT_BAD)}
+    except DECODE_ERRORS:
+      pass
+    count = len(self._records)
+    for step in range(1, count if self._skip else 1):
+      substitute = _read(self._records, (index + step) % count)
+      try:
+        image = self._transform(substitute['image'], element)
+      except DECODE_ERRORS:
+        continue
+      return {'image': image, 'label': np.int32(substitute['label']),
+              'index': np.int32((index + step) % count), 'bad': np.int32(index)}
+    size = self._image_size
+    return {'image': np.zeros((size, size, 3), np.uint8), 'label': np.int32(label),
+            'index': np.int32(index), 'bad': np.int32(index)}
 
 
 class _EvalPreprocess(grain.transforms.Map):
-  """Decode + resize + center crop; padding becomes a zero image with mask False."""
+  """Decode + resize + center crop; padding becomes a zero image with mask False, and so
+  does an image that does not decode (marked in 'bad', for the host to skip or refuse)."""
 
   def __init__(self, image_size: int, interpolation: str = 'bilinear'):
     self._image_size = image_size
     self._interpolation = interpolation
 
   def map(self, element: dict) -> dict:
-    valid = element['image'] is not None
+    valid, bad = element['image'] is not None, NOT_BAD
     size = self._image_size
-    image = (eval_transform(element['image'], size, self._interpolation) if valid else
-             np.zeros((size, size, 3), np.uint8))
+    image = np.zeros((size, size, 3), np.uint8)
+    if valid:
+      try:
+        image = eval_transform(element['image'], size, self._interpolation)
+      except DECODE_ERRORS:
+        valid, bad = False, element['index']
     return {'image': image, 'label': np.int32(element['label']),
-            'index': np.int32(element['index']), 'mask': np.bool_(valid)}
+            'index': np.int32(element['index']), 'mask': np.bool_(valid), 'bad': np.int32(bad)}
 
 
 def _read_options(num_threads: int) -> grain.ReadOptions:
@@ -528,7 +594,8 @@ def _iter_dataset(batches: grain.MapDataset, num_threads: int,
 
 
 class TrainIterator(grain.DatasetIterator):
-  """This host's training batches {'image' uint8 [L,S,S,3], 'label', 'index' int32 [L]}.
+  """This host's training batches {'image' uint8 [L,S,S,3], 'label', 'index', 'bad' int32
+  [L]} ('bad': the record whose image did not decode, NOT_BAD when none).
 
   A grain DatasetIterator (works with grain's Orbax checkpoint handler). Its state is
   {'next_batch': k} plus the settings it depends on, JSON-able; `set_state` continues at
@@ -607,7 +674,7 @@ def make_train_iterator(global_batch_size: int, *, seed: int, records=None, sour
                         worker_count: int = parallelism.AUTO_WORKERS, synthetic_size: int | None = None,
                         synthetic_image_shape: tuple[int, int] = (64, 64),
                         train_augment: str = CROP_FLIP, interpolation: str = 'bilinear',
-                        mean=IMAGENET_MEAN) -> TrainIterator:
+                        mean=IMAGENET_MEAN, bad_images: str = 'stop') -> TrainIterator:
   """This host's training batches of global_batch_size / process_count examples.
 
   Epoch e is a permutation of the train split drawn from (seed, e), cut into
@@ -618,7 +685,9 @@ def make_train_iterator(global_batch_size: int, *, seed: int, records=None, sour
   random-access sequence of {'image', 'label'}) replaces the ImageNet split of `source`,
   so any such dataset (e.g. kd_jax.data.image_folder) runs through this pipeline.
   `train_augment` / `interpolation`: see the module docstring; `mean` (the normalisation
-  mean, 0..1) gives RandAugment's fill colour, as in timm.
+  mean, 0..1) gives RandAugment's fill colour, as in timm. `bad_images` (BAD_IMAGES): an
+  image that does not decode is marked in the batch's 'bad' and, with 'skip', replaced by
+  the next record that decodes (see _TrainAugment).
   """
   if seed < 0:
     raise UserError(f'data seed must be >= 0, got {seed}')
@@ -638,7 +707,7 @@ def make_train_iterator(global_batch_size: int, *, seed: int, records=None, sour
                       num_epochs or _FOREVER_EPOCHS)
   batches = (grain.MapDataset.source(order)
              .map(_Read(records))
-             .map(_TrainAugment(image_size, seed, interpolation, augment))
+             .map(_TrainAugment(image_size, seed, interpolation, augment, records, bad_images))
              .batch(local_batch, drop_remainder=True))
   settings = {'seed': seed, 'global_batch_size': global_batch_size,
               'num_examples': len(records), 'image_size': image_size,
@@ -653,7 +722,8 @@ def make_train_iterator(global_batch_size: int, *, seed: int, records=None, sour
 
 
 class EvalBatches:
-  """Re-iterable eval batches {'image', 'label', 'index' (-1: padding), 'mask'} of one host.
+  """Re-iterable eval batches {'image', 'label', 'index' (-1: padding), 'mask', 'bad'} of
+  one host ('bad' as in TrainIterator; such an example has mask False).
 
   Every example of the split is in exactly one batch of one host, once; all hosts run
   `len()` batches of the same shape, the last ones padded with mask False.

@@ -10,7 +10,6 @@ teacher directory, or a finished run's workdir (its final student). For a run's 
 the data settings default to the run's own (config.json), so the numbers match its log. `--dtype=bfloat16` with the
 same checkpoint as --teacher measures how often a bfloat16 teacher agrees with float32.
 """
-import json
 import os
 import sys
 
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kd_jax import checkpoint, evaluation, models, train
+from kd_jax import checkpoint, evaluation, models, run_files, train
 from kd_jax.data import augment, feeders
 from kd_jax.errors import UserError
 
@@ -72,6 +71,10 @@ def evaluate(model, feeder, teacher=None):
   return as_percent(totals)
 
 
+_REMEDY = ("restore it from a copy, or delete it and pass the data flags (--dataset, "
+           "--data_dir)")
+
+
 def _config(flag):
   """The data part of a run config: the run's own (config.json) when --checkpoint is a
   run workdir, with any dataset flag given overriding it; else from the flags."""
@@ -81,8 +84,8 @@ def _config(flag):
       synthetic_train_size=512, synthetic_test_size=256))
   config_path = os.path.join(flag.checkpoint, "config.json")
   if os.path.isfile(config_path):
-    with open(config_path) as f:
-      run = json.load(f)
+    run = run_files.fields(config_path, run_files.read_json(config_path, _REMEDY),
+                           ("data", "eval_batch_size"), _REMEDY)
     config.data = ml_collections.ConfigDict(run["data"])
     for name in ("dataset", "source", "data_dir"):
       if flag[name].present:

@@ -32,6 +32,8 @@ import sys
 from absl import app
 from absl import flags
 
+from kd_jax import run_files
+from kd_jax.errors import UserError
 from kd_jax.tools import published
 
 # Methods trained without a teacher: their rows are one model, compared with its alone number.
@@ -125,8 +127,8 @@ def method_label(config):
 
 def load_run(path):
   """Reads the run in workdir `path`."""
-  with open(os.path.join(path, "config.json")) as f:
-    config = json.load(f)
+  config = run_files.read_json(os.path.join(path, "config.json"),
+                               "restore it from a copy, or leave this run out")
   records = read_jsonl(os.path.join(path, "metrics.jsonl"))
   evals = {int(r["epoch"]): r for r in records if r.get("kind") == "eval"}
   teacher_evals = [r["top1"] for r in records if r.get("kind") == "teacher_eval"]
@@ -408,7 +410,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   root = flags.FLAGS.root
-  text = table(root, flags.FLAGS.format, warn=lambda m: print(m, file=sys.stderr))
+  try:
+    text = table(root, flags.FLAGS.format, warn=lambda m: print(m, file=sys.stderr))
+  except UserError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
   if text is None:
     print(f"no runs (config.json + metrics.jsonl) under {root}", file=sys.stderr)
     sys.exit(1)
