@@ -12,11 +12,13 @@ def nd(student_features, teacher_features, class_means, labels):
   the teacher's. On a tie the student's norm is taken (gradient flows through it).
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> nd = jax.jit(losses.nd)
     >>> means = jnp.array([[0.0, 1.0], [1.0, 0.0]])  # class 0 points along the second axis
     >>> student, teacher = jnp.array([[3.0, 4.0]]), jnp.array([[0.0, 10.0]])
-    >>> print(round(float(losses.nd(student, teacher, means, jnp.array([0]))), 4))  # 1 - 4/10
+    >>> print(round(float(nd(student, teacher, means, jnp.array([0]))), 4))  # 1 - 4/10
     0.6
   """
   return nd_to_centers(student_features, teacher_features, frozen(class_means)[labels])
@@ -28,11 +30,13 @@ def nd_to_centers(student_features, teacher_features, centers):
   (`project_center_v2`) feeds it centres mixed as mixup mixes the images.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> nd_to_centers = jax.jit(losses.nd_to_centers)
     >>> student, teacher = jnp.array([[6.0, 8.0]]), jnp.array([[0.0, 5.0]])
     >>> centers = jnp.array([[0.0, 2.0]])
-    >>> print(round(float(losses.nd_to_centers(student, teacher, centers)), 4))  # 1 - 8/10
+    >>> print(round(float(nd_to_centers(student, teacher, centers)), 4))  # 1 - 8/10
     0.2
   """
   student_features, teacher_features, centers = as_float32(
@@ -49,10 +53,12 @@ def class_sums(features, labels, num_classes):
   """Per-class feature sums [C, d] and counts [C]: add these over batches, then divide.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> class_sums = jax.jit(losses.class_sums, static_argnums=2)
     >>> features = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    >>> sums, counts = losses.class_sums(features, jnp.array([0, 0, 2]), 3)
+    >>> sums, counts = class_sums(features, jnp.array([0, 0, 2]), 3)
     >>> print(sums.tolist(), counts.tolist())
     [[4.0, 6.0], [0.0, 0.0], [5.0, 6.0]] [2.0, 0.0, 1.0]
   """
@@ -67,10 +73,12 @@ def class_means(features, labels, num_classes):
   A one-hot matmul, so on sharded inputs under jit it reduces over the global batch.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> class_means = jax.jit(losses.class_means, static_argnums=2)
     >>> features = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    >>> print(losses.class_means(features, jnp.array([0, 0, 2]), 3).tolist())
+    >>> print(class_means(features, jnp.array([0, 0, 2]), 3).tolist())
     [[2.0, 3.0], [0.0, 0.0], [5.0, 6.0]]
   """
   sums, counts = class_sums(features, labels, num_classes)

@@ -76,11 +76,13 @@ def at(student_map, teacher_map, p=2.0):
   may differ. f**p as mdistiller, not |f|**p: a non-integer p needs non-negative maps.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> at = jax.jit(losses.at)
     >>> student = jnp.ones((1, 2, 2, 3))  # NHWC; a(f) = [1/2, 1/2, 1/2, 1/2]
     >>> teacher = jnp.zeros((1, 2, 2, 5)).at[0, 0, 0].set(1.0)  # a(f) = [1, 0, 0, 0]
-    >>> print(round(float(losses.at(student, teacher)), 4))
+    >>> print(round(float(at(student, teacher)), 4))
     0.25
   """
   student_map, teacher_map = as_float32(student_map, frozen(teacher_map))
@@ -105,11 +107,13 @@ def nst(student_map, teacher_map):
   so channel counts may differ; maps pooled to a common H x W first, as AT.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> nst = jax.jit(losses.nst)
     >>> student = jnp.ones((1, 2, 2, 1))
     >>> teacher = jnp.zeros((1, 2, 2, 1)).at[0, 0, 0].set(1.0)
-    >>> print(round(float(losses.nst(student, teacher)), 4))  # 1 + 1 - 2 cos^2, cos = 1/2
+    >>> print(round(float(nst(student, teacher)), 4))  # 1 + 1 - 2 cos^2, cos = 1/2
     1.5
   """
   student_map, teacher_map = as_float32(student_map, frozen(teacher_map))
@@ -130,11 +134,13 @@ def sp(student_map, teacher_map):
   sample shapes: G only takes inner products of the flattened samples.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> sp = jax.jit(losses.sp)
     >>> student = jnp.array([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 1, 1, 2)
     >>> teacher = jnp.array([[1.0, 0.0], [1.0, 0.0]]).reshape(2, 1, 1, 2)
-    >>> print(round(float(losses.sp(student, teacher)), 4))  # G_s = I, G_t = all 1/sqrt(2)
+    >>> print(round(float(sp(student, teacher)), 4))  # G_s = I, G_t = all 1/sqrt(2)
     0.2929
   """
   student_map, teacher_map = as_float32(student_map, frozen(teacher_map))
@@ -160,11 +166,13 @@ def pkt(student_features, teacher_features, eps=1e-7):
   gradient at an all-zero row, so zero features give a finite gradient.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> pkt = jax.jit(losses.pkt)
     >>> student = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # p_s rows [2/3, 1/3], [1/3, 2/3]
     >>> teacher = jnp.array([[1.0, 0.0], [1.0, 0.0]])  # p_t all 1/2
-    >>> print(round(float(losses.pkt(student, teacher)), 4))
+    >>> print(round(float(pkt(student, teacher)), 4))
     0.0294
   """
   student_features, teacher_features = as_float32(student_features, frozen(teacher_features))
@@ -209,13 +217,15 @@ def rkd(student_features, teacher_features, distance_weight=25.0, angle_weight=5
   A batch of one gives 0 (mdistiller: NaN, its mean distance is over no pair).
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> rkd = jax.jit(losses.rkd)
     >>> student = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     >>> teacher = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    >>> print(round(float(losses.rkd(student, teacher)), 4))
+    >>> print(round(float(rkd(student, teacher)), 4))
     0.6522
-    >>> print(round(float(losses.rkd(student, 3.0 * student)), 4))  # scale does not matter
+    >>> print(round(float(rkd(student, 3.0 * student)), 4))  # scale does not matter
     0.0
   """
   student_features, teacher_features = as_float32(student_features, frozen(teacher_features))

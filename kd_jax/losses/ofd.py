@@ -51,11 +51,13 @@ def ofd(student_map, teacher_map, margin):
   (s - m)^2 where s > m >= t; (s - t)^2 where s > t > m and t <= 0; (s - t)^2 where t > 0.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from kd_jax import losses
+    >>> ofd = jax.jit(losses.ofd)
     >>> student = jnp.array([0.0, 0.0, 0.0, -3.0]).reshape(1, 1, 1, 4)
     >>> teacher = jnp.array([-2.0, -0.5, 2.0, -2.0]).reshape(1, 1, 1, 4)
-    >>> print(round(float(losses.ofd(student, teacher, jnp.full(4, -1.0))), 4))  # 1 + 0.25 + 4 + 0
+    >>> print(round(float(ofd(student, teacher, jnp.full(4, -1.0))), 4))  # 1 + 0.25 + 4 + 0
     5.25
   """
   student_map, teacher_map, margin = as_float32(student_map, frozen(teacher_map),
