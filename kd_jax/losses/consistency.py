@@ -26,10 +26,32 @@ def _gram_gap(student_logits, teacher_logits, temperature, over_classes):
 
 
 def class_consistency(student_logits, teacher_logits, temperature=4.0):
-  """MLKD class level: ||P_t^T P_t - P_s^T P_s||_F^2 / C (the authors' `cc_loss`)."""
+  """MLKD class level: ||P_t^T P_t - P_s^T P_s||_F^2 / C (the authors' `cc_loss`).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> class_consistency = jax.jit(losses.class_consistency)
+    >>> student = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> teacher = jnp.array([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    >>> print(round(float(class_consistency(student, teacher, temperature=1.0)), 4))
+    0.3087
+  """
   return _gram_gap(student_logits, teacher_logits, temperature, over_classes=True)
 
 
 def batch_consistency(student_logits, teacher_logits, temperature=4.0):
-  """MLKD batch level: ||P_t P_t^T - P_s P_s^T||_F^2 / B (the authors' `bc_loss`)."""
+  """MLKD batch level: ||P_t P_t^T - P_s P_s^T||_F^2 / B (the authors' `bc_loss`).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> batch_consistency = jax.jit(losses.batch_consistency)
+    >>> student = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> teacher = jnp.array([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    >>> print(round(float(batch_consistency(student, teacher, temperature=1.0)), 4))
+    0.1731
+  """
   return _gram_gap(student_logits, teacher_logits, temperature, over_classes=False)

@@ -23,6 +23,20 @@ def cskd(student_logits, teacher_logits, temperature=4.0):
 
   `temperature` is a scalar or per-sample [B] (CSWT); T̄ is T or the mean of the T_i.
   METHODS.md 4.1; the training code applies the method weight (2 in the paper's code).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> cskd = jax.jit(losses.cskd)
+    >>> student = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> teacher = jnp.array([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    >>> print(round(float(cskd(student, teacher, temperature=1.0)), 4))
+    0.0615
+    >>> print(round(float(cskd(student, teacher)), 4))  # T = 4, times 4^2
+    0.0815
+    >>> print(round(float(cskd(student, teacher, jnp.array([1.0, 1.0]))), 4))  # per-sample T
+    0.0615
   """
   student_logits, teacher_logits = as_float32(student_logits, frozen(teacher_logits))
   p_s = _probs(student_logits, temperature)
@@ -39,6 +53,18 @@ def cswt_temperatures(student_logits, teacher_logits, t_low=2.0, t_high=6.0):
   equal (a batch of one, identical predictions) the map is undefined; every sample then
   gets (t_low + t_high) / 2. "Equal" is to float32 precision (spread <= 1e-6), so
   rounding noise in c_i is not stretched over the whole [t_low, t_high] range.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> cswt_temperatures = jax.jit(losses.cswt_temperatures)
+    >>> student = jnp.array([[2.0, 0.0], [0.0, 0.0], [0.0, 2.0]])
+    >>> teacher = jnp.array([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
+    >>> print([round(float(t), 4) for t in cswt_temperatures(student, teacher)])
+    [2.0, 3.1139, 6.0]
+    >>> print(cswt_temperatures(student[:1], teacher[:1]).tolist())  # one sample
+    [4.0]
   """
   student_logits, teacher_logits = as_float32(frozen(student_logits), frozen(teacher_logits))
   similarity = abs_cosine(jax.nn.softmax(student_logits, axis=-1),
@@ -65,10 +91,32 @@ def _gram_distance(student_logits, teacher_logits, temperature, over_classes):
 
 
 def class_correlation_distance(student_logits, teacher_logits, temperature):
-  """`cc`: rows of the C x C class-correlation matrices P^T P compared by |cos| (4.3)."""
+  """`cc`: rows of the C x C class-correlation matrices P^T P compared by |cos| (4.3).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> class_correlation_distance = jax.jit(losses.class_correlation_distance)
+    >>> student = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> teacher = jnp.array([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    >>> print(round(float(class_correlation_distance(student, teacher, 1.0)), 4))
+    0.2259
+  """
   return _gram_distance(student_logits, teacher_logits, temperature, over_classes=True)
 
 
 def batch_correlation_distance(student_logits, teacher_logits, temperature):
-  """`bc`: rows of the B x B sample-correlation matrices P P^T compared by |cos| (4.3)."""
+  """`bc`: rows of the B x B sample-correlation matrices P P^T compared by |cos| (4.3).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> batch_correlation_distance = jax.jit(losses.batch_correlation_distance)
+    >>> student = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> teacher = jnp.array([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    >>> print(round(float(batch_correlation_distance(student, teacher, 1.0)), 4))
+    0.017
+  """
   return _gram_distance(student_logits, teacher_logits, temperature, over_classes=False)

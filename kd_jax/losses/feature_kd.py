@@ -74,6 +74,16 @@ def at(student_map, teacher_map, p=2.0):
 
   a(f) = L2-normalised channel mean of f**p (mdistiller CFG.AT.P = 2), so channel counts
   may differ. f**p as mdistiller, not |f|**p: a non-integer p needs non-negative maps.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> at = jax.jit(losses.at)
+    >>> student = jnp.ones((1, 2, 2, 3))  # NHWC; a(f) = [1/2, 1/2, 1/2, 1/2]
+    >>> teacher = jnp.zeros((1, 2, 2, 5)).at[0, 0, 0].set(1.0)  # a(f) = [1, 0, 0, 0]
+    >>> print(round(float(at(student, teacher)), 4))
+    0.25
   """
   student_map, teacher_map = as_float32(student_map, frozen(teacher_map))
   student_map, teacher_map = pool_to_common_size(student_map, teacher_map)
@@ -95,6 +105,16 @@ def nst(student_map, teacher_map):
 
   mean K(t, t) + mean K(s, s) - 2 mean K(s, t), each mean over batch and channel pairs,
   so channel counts may differ; maps pooled to a common H x W first, as AT.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> nst = jax.jit(losses.nst)
+    >>> student = jnp.ones((1, 2, 2, 1))
+    >>> teacher = jnp.zeros((1, 2, 2, 1)).at[0, 0, 0].set(1.0)
+    >>> print(round(float(nst(student, teacher)), 4))  # 1 + 1 - 2 cos^2, cos = 1/2
+    1.5
   """
   student_map, teacher_map = as_float32(student_map, frozen(teacher_map))
   student_map, teacher_map = pool_to_common_size(student_map, teacher_map)
@@ -112,6 +132,16 @@ def sp(student_map, teacher_map):
 
   Batch-level (B x B), so on sharded inputs under jit it sees the global batch. Any
   sample shapes: G only takes inner products of the flattened samples.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> sp = jax.jit(losses.sp)
+    >>> student = jnp.array([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 1, 1, 2)
+    >>> teacher = jnp.array([[1.0, 0.0], [1.0, 0.0]]).reshape(2, 1, 1, 2)
+    >>> print(round(float(sp(student, teacher)), 4))  # G_s = I, G_t = all 1/sqrt(2)
+    0.2929
   """
   student_map, teacher_map = as_float32(student_map, frozen(teacher_map))
   batch = student_map.shape[0]
@@ -134,6 +164,16 @@ def pkt(student_features, teacher_features, eps=1e-7):
 
   Features [B, D] (more axes are flattened). Unlike the reference the norm has a zero
   gradient at an all-zero row, so zero features give a finite gradient.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> pkt = jax.jit(losses.pkt)
+    >>> student = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # p_s rows [2/3, 1/3], [1/3, 2/3]
+    >>> teacher = jnp.array([[1.0, 0.0], [1.0, 0.0]])  # p_t all 1/2
+    >>> print(round(float(pkt(student, teacher)), 4))
+    0.0294
   """
   student_features, teacher_features = as_float32(student_features, frozen(teacher_features))
   p_s = _pkt_probabilities(student_features, eps)
@@ -175,6 +215,18 @@ def rkd(student_features, teacher_features, distance_weight=25.0, angle_weight=5
   Distances are Euclidean (not squared), eps 1e-12, each set divided by its mean; angle
   cosines over all B^3 triples. Weights are mdistiller's CFG.RKD defaults. Batch-level.
   A batch of one gives 0 (mdistiller: NaN, its mean distance is over no pair).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> rkd = jax.jit(losses.rkd)
+    >>> student = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> teacher = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    >>> print(round(float(rkd(student, teacher)), 4))
+    0.6522
+    >>> print(round(float(rkd(student, 3.0 * student)), 4))  # scale does not matter
+    0.0
   """
   student_features, teacher_features = as_float32(student_features, frozen(teacher_features))
   s = student_features.reshape(student_features.shape[0], -1)

@@ -25,6 +25,12 @@ def ofd_margin(bn_scale, bn_bias):
   m - s phi(m/s) / Phi(-m/s), when Phi(-m/s) > 0.001, else -3 s; in float64 as
   mdistiller's Python floats. A channel with s = 0 (mdistiller divides by zero) gets
   the limit of that formula, min(m, 0). NumPy: computed once, outside any jit.
+
+  Example:
+    >>> from kd_jax import losses
+    >>> margins = losses.ofd_margin([1.0, 0.0], [0.0, 1.0])  # -sqrt(2/pi); min(1, 0)
+    >>> print([round(float(m), 4) for m in margins])
+    [-0.7979, 0.0]
   """
   std = np.abs(np.asarray(bn_scale, np.float64))
   mean = np.asarray(bn_bias, np.float64)
@@ -43,6 +49,16 @@ def ofd(student_map, teacher_map, margin):
   student_map [B, H, W, C] (the connector's output), teacher_map [B, H', W', C] pre-ReLU
   (average-pooled to H x W, as mdistiller, even when smaller), margin [C]. Per entry:
   (s - m)^2 where s > m >= t; (s - t)^2 where s > t > m and t <= 0; (s - t)^2 where t > 0.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> ofd = jax.jit(losses.ofd)
+    >>> student = jnp.array([0.0, 0.0, 0.0, -3.0]).reshape(1, 1, 1, 4)
+    >>> teacher = jnp.array([-2.0, -0.5, 2.0, -2.0]).reshape(1, 1, 1, 4)
+    >>> print(round(float(ofd(student, teacher, jnp.full(4, -1.0))), 4))  # 1 + 0.25 + 4 + 0
+    5.25
   """
   student_map, teacher_map, margin = as_float32(student_map, frozen(teacher_map),
                                                 frozen(margin))

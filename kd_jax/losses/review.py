@@ -38,6 +38,16 @@ def hcl(student_maps, teacher_maps):
   `student_maps`, `teacher_maps`: sequences of the same length whose i-th maps have the
   same shape (ReviewKD's fused student features are already in the teacher's shapes).
   A 1x1 level (a pooled feature as [B, 1, 1, d]) is a plain MSE.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> hcl = jax.jit(losses.hcl)
+    >>> student = jnp.zeros((1, 2, 2, 1))
+    >>> teacher = jnp.array([[1.0, -1.0], [-1.0, 1.0]]).reshape(1, 2, 2, 1)
+    >>> print(round(float(hcl([student], [teacher])), 4))  # (MSE 1 + 1/2 * MSE 0 at 1x1) / 1.5
+    0.6667
   """
   if len(student_maps) != len(teacher_maps):
     raise ValueError(f"hcl: {len(student_maps)} student levels but {len(teacher_maps)} "

@@ -142,6 +142,21 @@ def kdsvd(student_maps, teacher_maps, k=1):
 
   student_maps, teacher_maps: sequences of NHWC maps (mdistiller uses feats[1:]), paired
   in order, as many as the shorter one has. Returns 0 for fewer than two stages.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> kdsvd = jax.jit(losses.kdsvd)
+    >>> stage = lambda row: jnp.array(row).reshape(1, 1, 2, 1)  # one 1 x 2 matrix per stage,
+    >>> # whose right singular vector is its row normalised: RBFs of [1, 0] -> [0, 1] (teacher)
+    >>> # against [1, 1]/sqrt(2) -> [1, 2]/sqrt(5) (student)
+    >>> student = [stage([1.0, 1.0]), stage([1.0, 2.0])]
+    >>> teacher = [stage([1.0, 0.0]), stage([0.0, 1.0])]
+    >>> print(round(float(kdsvd(student, teacher)), 4))
+    0.0248
+    >>> print(round(float(kdsvd(teacher, teacher)), 4))
+    0.0
   """
   total, previous = jnp.float32(0.0), None
   batch = student_maps[0].shape[0]

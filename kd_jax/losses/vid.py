@@ -21,6 +21,15 @@ def vid(predicted_mean, teacher_map, log_scale, eps=1e-5):
   [B, H', W', C] (average-pooled to H x W first when larger, as mdistiller), log_scale [C].
   softplus is mdistiller's log(1 + exp(.)), computed without overflow. Gradients reach
   `predicted_mean` and `log_scale`, never the teacher.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from kd_jax import losses
+    >>> vid = jax.jit(losses.vid)
+    >>> predicted, teacher = jnp.zeros((1, 1, 1, 1)), jnp.ones((1, 1, 1, 1))
+    >>> print(round(float(vid(predicted, teacher, jnp.zeros(1))), 4))  # var = log 2 + 1e-5
+    0.5381
   """
   mean, teacher_map, log_scale = as_float32(predicted_mean, frozen(teacher_map), log_scale)
   if teacher_map.shape[1] > mean.shape[1]:
