@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from kd_jax.data import augment
-from kd_jax.methods import Aux, ModelOutput
+from kd_jax.methods import Aux
 
 FIRST_NONFINITE = "first_nonfinite_step"  # reduced with min, not summed
 BATCH_AUGMENT_STREAM = 0x6d6978  # folded into the step's key: erasing / mixing draws
@@ -101,7 +101,6 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
   """
   mean = jnp.asarray(feeder.info.mean, jnp.float32)
   std = jnp.asarray(feeder.info.std, jnp.float32)
-  single = method.num_views == 1
 
   def one_step(state, frozen, batch):
     epoch = state.step // steps_per_epoch
@@ -111,36 +110,26 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
       key = jax.random.fold_in(jax.random.key(batch.get("seed", seed)), state.step)
       views[0], targets = batch_augment(jax.random.fold_in(key, BATCH_AUGMENT_STREAM),
                                         views[0], targets)
-    teacher_out = None
-    if method.needs_teacher:
-      teacher = nnx.merge(teacher_def, frozen["teacher"])
-      teacher_out = [ModelOutput(*teacher(view, train=method.teacher_batch_statistics))
-                     for view in views]  # any BatchNorm statistics it updates are dropped
-      teacher_out = jax.lax.stop_gradient(teacher_out[0] if single else tuple(teacher_out))
     trainable = nnx.merge(trainable_def, state.params, state.model_state)
 
     def loss_fn(trainable):
-      student_out = [ModelOutput(*trainable.student(view, train=True)) for view in views]
-      student_out = student_out[0] if single else tuple(student_out)
-      total, terms = method.loss(student_out, teacher_out, targets, epoch,
-                                 Aux(trainable.extras, frozen["extras"], index))
-      first = student_out if single else student_out[0]
-      return total, (terms, first.logits)
+      # Merged inside the differentiated function, so a method may run the teacher on
+      # what the student produced; it never gets gradients (not an argument).
+      teacher = nnx.merge(teacher_def, frozen["teacher"]) if method.needs_teacher else None
+      return method.forward(trainable, teacher, views, targets, epoch,
+                            Aux(trainable.extras, frozen["extras"], index))
 
     # nnx.value_and_grad: gradients w.r.t. the nnx.Params only; the other variables the
     # forward pass updates (BatchNorm statistics, dropout RNG counts, a method's state)
     # land back in `trainable`.
-    (total, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (total, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(trainable)
     _, _, model_state = nnx.split(trainable, nnx.Param, ...)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, updates),
                               model_state=model_state, opt_state=opt_state)
     finite = jnp.isfinite(total)
-    metrics = {"loss": total, **terms,
-               "top1": 100 * jnp.mean(jnp.argmax(logits, -1) == getattr(targets, "labels",
-                                                                         targets)),
-               FIRST_NONFINITE: jnp.where(finite, NEVER, state.step)}
+    metrics = {"loss": total, **terms, FIRST_NONFINITE: jnp.where(finite, NEVER, state.step)}
     if skip_nonfinite:  # keep the old state, only count the step
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                                state.replace(step=new_state.step))
