@@ -35,9 +35,10 @@ class TrainState:
 # The optimizer fields beside lr / momentum / nesterov / weight_decay / decay_epochs /
 # decay_factor, at values that keep the SGD + step-decay recipe of every CIFAR config.
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "warmup_cosine")
+SCHEDULES = ("step", "warmup_cosine", "warmup_multistep")
 OPTIM_DEFAULTS = dict(name="sgd", schedule="step", b1=0.9, b2=0.999, eps=1e-8,
-                      warmup_epochs=0.0, min_lr=0.0, decay_1d=True)
+                      warmup_epochs=0.0, min_lr=0.0, decay_1d=True, decay_steps=(),
+                      warmup_steps=0, warmup_factor=0.001)
 
 
 def make_schedule(optim, steps_per_epoch, num_epochs):
@@ -47,7 +48,19 @@ def make_schedule(optim, steps_per_epoch, num_epochs):
   warmup_cosine: linear from 0 over warmup_epochs, then a half cosine from lr to min_lr at
   the end of training, both evaluated per step at epoch = step / steps_per_epoch (the ND
   authors' DeiT `adjust_learning_rate`, MAE's).
+  warmup_multistep: detectron2's iteration schedule (solver/build.py, WarmupParamScheduler
+  over MultiStepParamScheduler): lr x decay_factor^(number of decay_steps <= step), times
+  warmup_factor (1 - a) + a with a = step / warmup_steps during the first warmup_steps.
   """
+  if optim.schedule == "warmup_multistep":
+    decay = optax.piecewise_constant_schedule(
+        optim.lr, {int(step): optim.decay_factor for step in optim.decay_steps})
+    warmup = max(int(optim.warmup_steps), 1)
+
+    def schedule(step):
+      progress = jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
+      return decay(step) * (optim.warmup_factor * (1 - progress) + progress)
+    return schedule
   if optim.schedule == "step":
     boundaries = {int(epoch * steps_per_epoch): optim.decay_factor
                   for epoch in optim.decay_epochs}

@@ -47,6 +47,8 @@ RULES = {
     "optim.eps": (_positive, "> 0"),
     "optim.warmup_epochs": (_non_negative, ">= 0"),
     "optim.min_lr": (_non_negative, ">= 0"),
+    "optim.warmup_steps": (_non_negative, ">= 0"),
+    "optim.warmup_factor": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "data.dataset": (DATASETS.__contains__, f"one of {', '.join(DATASETS)}"),
     "data.synthetic_train_size": (_non_negative, ">= 0"),
     "data.synthetic_test_size": (_non_negative, ">= 0"),
