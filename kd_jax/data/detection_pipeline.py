@@ -221,7 +221,7 @@ def make_train_iterator(split: coco.Split, global_batch_size: int, *, seed: int,
   if num_epochs is not None and num_epochs < 1:
     raise UserError(f'num_epochs must be >= 1, got {num_epochs}')
   imagenet._check_parallelism(num_threads, worker_count)  # pylint: disable=protected-access
-  process_index, process_count, local_batch = imagenet._host_slice(  # pylint: disable=protected-access
+  process_index, process_count, local_batch = imagenet._host_slice(  # pylint: disable=W0212
       global_batch_size, process_index, process_count)
   short_edges = tuple(int(s) for s in short_edges)
   buckets = transforms.check_buckets(buckets or transforms.default_buckets(short_edges, max_size))
@@ -256,7 +256,7 @@ def make_eval_batches(split: coco.Split, global_batch_size: int, *,
   """This host's share of every record of `split` at the test size, padded to whole
   global batches (image_id -1)."""
   imagenet._check_parallelism(num_threads, worker_count)  # pylint: disable=protected-access
-  process_index, process_count, local_batch = imagenet._host_slice(  # pylint: disable=protected-access
+  process_index, process_count, local_batch = imagenet._host_slice(  # pylint: disable=W0212
       global_batch_size, process_index, process_count)
   buckets = transforms.check_buckets(buckets or transforms.default_buckets([short_edge],
                                                                            max_size))
