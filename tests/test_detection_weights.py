@@ -194,6 +194,33 @@ def test_torchvision_resnet18_pth_gets_detectron2_names(tmp_path):
     np.testing.assert_array_equal(loaded[PREFIX + name], state[torch_name].numpy())
 
 
+def test_detectron2_named_and_mobilenet_pth(tmp_path):
+  """A detectron2 checkpoint (RCNNKD's student + `teacher.`) keeps its names; a
+  MobileNetV2 of the ND layout goes under the backbone without its classifier."""
+  torch = pytest.importorskip('torch')
+  generator = torch.Generator().manual_seed(1)
+  combined = {'backbone.bottom_up.stem.conv1.weight': torch.randn(4, 3, 7, 7, generator=generator),
+              'teacher.roi_heads.box_head.fc1.bias': torch.randn(8, generator=generator),
+              'backbone.bottom_up.res2.0.conv1.norm.num_batches_tracked': torch.tensor(5)}
+  path = str(tmp_path / 'r18-r101.pth')
+  torch.save({'model': combined, 'iteration': 3}, path)
+  loaded = weights.load_detectron2_weights(path)
+  assert set(loaded) == set(list(combined)[:2])
+  np.testing.assert_array_equal(loaded['teacher.roi_heads.box_head.fc1.bias'],
+                                combined['teacher.roi_heads.box_head.fc1.bias'].numpy())
+  mobilenet = {'features.0.0.weight': torch.randn(32, 3, 3, 3, generator=generator),
+               'features.1.conv.0.weight': torch.randn(32, 1, 3, 3, generator=generator),
+               'classifier.weight': torch.randn(10, 4, generator=generator)}
+  path = str(tmp_path / 'mobilenetv2.pth')
+  torch.save(mobilenet, path)
+  assert set(weights.load_detectron2_weights(path)) == {
+      PREFIX + 'features.0.0.weight', PREFIX + 'features.1.conv.0.weight'}
+  path = str(tmp_path / 'other.pth')
+  torch.save({'head.weight': torch.zeros(2)}, path)
+  with pytest.raises(UserError, match="neither detectron2 names.*'head.weight'"):
+    weights.load_detectron2_weights(path)
+
+
 def test_converted_torchvision_pkl_uses_matching_heuristics(tmp_path):
   """convert-torchvision-to-d2.py's output: short names + matching_heuristics."""
   rng = np.random.default_rng(2)

@@ -8,8 +8,12 @@ Three kinds of file, as detectron2's DetectionCheckpointer._load_file tells them
   - an MSRA Caffe2 ImageNet backbone (`R-50.pkl`, `R-101.pkl`): a pickle of
     {blob name: ndarray} (`conv1_w`, `res_conv1_bn_s`, `res2_0_branch2a_w`, ...), renamed as
     c2_model_loading.convert_basic_c2_names does;
-  - a torchvision ResNet `.pth` (`resnet18-f37072fd.pth`), renamed as detectron2's
-    tools/convert-torchvision-to-d2.py does (read by kd_jax.torch_checkpoint).
+  - a `.pth` (read by kd_jax.torch_checkpoint): detectron2's own checkpoints and the ND /
+    ReviewKD student+teacher files (RCNNKD holds its teacher as `teacher.`) keep their
+    names; a torchvision ResNet
+    (`resnet18-f37072fd.pth`) is renamed as detectron2's tools/convert-torchvision-to-d2.py
+    does; a MobileNetV2 in the ND backbone's layout (`features.N.conv.M`, as
+    tonylins/pytorch-mobilenet-v2's ImageNet weights) goes under the backbone as is.
 Backbone-only files are then named as align_and_update_state_dicts' suffix matching
 names them in an FPN detector: `backbone.bottom_up.` + the converted name; entries no
 detectron2 ResNet has (the ImageNet classifier `fc1000`/`fc`, `*_momentum`,
@@ -34,6 +38,9 @@ from kd_jax.errors import UserError
 
 BACKBONE_PREFIX = 'backbone.bottom_up.'
 _BACKBONE_NAME = re.compile(r'^(stem\.conv1\.|res[2-5]\.\d+\.)')
+_MOBILENET_NAME = re.compile(r'^features\.\d+\.')
+# Top-level modules of a detectron2 detector (and the ND/ReviewKD combined files' teacher).
+_DETECTOR_ROOTS = ('backbone.', 'proposal_generator.', 'roi_heads.', 'teacher.')
 _NORM_BUFFERS = (('running_mean', 0.0), ('running_var', 1.0))
 
 
@@ -198,13 +205,14 @@ def torchvision_resnet_names(names):
   return converted
 
 
-def _backbone(path, renamed):
+def _backbone(path, renamed, pattern=_BACKBONE_NAME, what='ResNet'):
   """{converted name: array} -> the detector's backbone names, with frozen-BN buffers."""
   state = {BACKBONE_PREFIX + name: value for name, value in renamed.items()
-           if _BACKBONE_NAME.match(name) and not name.endswith('num_batches_tracked')}
+           if pattern.match(name) and not name.endswith('num_batches_tracked')}
   if not state:
-    raise UserError(f'weights file {path} holds no ResNet backbone weights (no conv1 / '
-                    'res2..res5 names)')
+    raise UserError(f'weights file {path} holds no {what} backbone weights (no conv1 / '
+                    'res2..res5 names)' if what == 'ResNet' else
+                    f'weights file {path} holds no {what} backbone weights')
   return _with_norm_buffers(state)
 
 
@@ -225,13 +233,28 @@ def _rename(path, state, names):
   return renamed
 
 
+def _torch_file(path):
+  """A `.pth`: detectron2-named (DetectionCheckpointer's own files, the ND / ReviewKD
+  student+teacher files) as is; a torchvision ResNet renamed; a MobileNetV2 of the ND
+  backbone's layout (tonylins/pytorch-mobilenet-v2: features.N...) under the backbone."""
+  state, _ = torch_checkpoint.read_weights(path)
+  if any(name.startswith(_DETECTOR_ROOTS) for name in state):
+    return _with_norm_buffers({name: value for name, value in state.items()
+                               if not name.endswith('num_batches_tracked')})
+  if 'layer1.0.conv1.weight' in state:
+    return _backbone(path, _rename(path, state, torchvision_resnet_names(state)))
+  if any(_MOBILENET_NAME.match(name) for name in state):
+    return _backbone(path, state, _MOBILENET_NAME, 'MobileNetV2')
+  raise UserError(f'weights file {path} holds neither detectron2 names nor a torchvision '
+                  f'ResNet or MobileNetV2 (first key {next(iter(state), None)!r:.60})')
+
+
 def load_detectron2_weights(path):
-  """{detectron2 name: ndarray} of a model-zoo `.pkl`, an MSRA `R-*.pkl` or a
-  torchvision ResNet `.pth`/converted `.pkl` (see the module docstring)."""
+  """{detectron2 name: ndarray} of a model-zoo `.pkl`, an MSRA `R-*.pkl`, a converted
+  torchvision `.pkl` or a `.pth` (see the module docstring and _torch_file)."""
   path = os.fspath(path)
   if not path.endswith('.pkl'):
-    state, _ = torch_checkpoint.read_weights(path)
-    return _backbone(path, _rename(path, state, torchvision_resnet_names(state)))
+    return _torch_file(path)
   data = read_pickle(path)
   if isinstance(data, dict) and 'model' in data and '__author__' in data:
     state = _arrays(path, data['model'], 'its "model" entry')
