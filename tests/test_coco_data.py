@@ -154,6 +154,19 @@ def test_offline_without_coco_is_one_line(tmp_path):
 # ------------------------------------------------------------------ shapes + pipeline
 
 
+def test_shapes_source_writes_once_then_reads(tmp_path):
+  root = str(tmp_path / 'shapes')
+  split = coco.load('validation', 'shapes', root)
+  json_path = os.path.join(root, 'annotations', 'instances_val2017.json')
+  written = os.path.getmtime(json_path)
+  again = coco.load('validation', 'shapes', root)
+  assert os.path.getmtime(json_path) == written and not list(tmp_path.glob('*.partial'))
+  np.testing.assert_array_equal(split.annotations.image_ids, again.annotations.image_ids)
+  assert len(coco.load('train', 'shapes', root)) == 64
+  with pytest.raises(UserError, match='data_dir is not set'):
+    coco.load('train', 'shapes', '')
+
+
 def test_shapes_dataset_reads_as_coco(shapes_dir, train_split):
   table = train_split.annotations
   assert len(table) == 24 and table.category_ids == shapes.CATEGORY_IDS

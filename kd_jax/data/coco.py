@@ -363,14 +363,21 @@ def _read_cache(path):
 
 
 def load(split: str, source: str, data_dir: str | None, cache_dir: str | None = None) -> Split:
-  """`split` ('train' / 'validation') of COCO from `source` ('folder' / 'tfds')."""
+  """`split` ('train' / 'validation') of COCO from `source`: 'folder', 'tfds', or
+  'shapes' (kd_jax.data.shapes' synthetic dataset, written to data_dir if not there)."""
   if split not in SPLITS:
     raise UserError(f'unknown COCO split {split!r}; valid: {", ".join(SPLITS)}')
   if source == 'folder':
     return load_folder(data_dir, split)
   if source == 'tfds':
     return load_tfds(split, data_dir, cache_dir)
-  raise UserError(f'unknown COCO source {source!r}; valid: folder, tfds')
+  if source == 'shapes':
+    from kd_jax.data import shapes  # pylint: disable=g-import-not-at-top  (shapes imports coco)
+    if not data_dir:
+      raise UserError("config.data.data_dir is not set: source='shapes' writes its synthetic "
+                      'images there')
+    return load_folder(shapes.ensure(os.path.expanduser(data_dir)), split)
+  raise UserError(f'unknown COCO source {source!r}; valid: folder, tfds, shapes')
 
 
 class Records(abc.Sequence):

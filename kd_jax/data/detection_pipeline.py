@@ -21,6 +21,7 @@ Batch layout (per host, L = G / P images):
 """
 import collections
 from collections import abc
+import functools
 import threading
 
 from absl import logging
@@ -39,18 +40,27 @@ _AUGMENT_STREAM = 0xDE7B
 _FOREVER_EPOCHS = 10**6
 
 
+@functools.lru_cache(maxsize=None)
+def _resized(height: int, width: int, short_edge: int, max_size: int) -> tuple[int, int]:
+  """transforms.output_shape, remembered: COCO has a few thousand distinct image sizes."""
+  return transforms.output_shape(height, width, short_edge, max_size)
+
+
 def _check_fits(records: coco.Records, short_edge: int, max_size: int, buckets, max_boxes):
   """Every record fits some bucket at its largest size and has at most max_boxes boxes."""
   table = records.split.annotations
-  for index, (height, width) in zip(records.indices, records.sizes()):
-    size = transforms.output_shape(height, width, short_edge, max_size)
+  sizes = records.sizes()
+  for height, width in np.unique(sizes, axis=0):
+    size = _resized(int(height), int(width), short_edge, max_size)
     if transforms.choose_bucket(size, buckets) is None:
-      raise UserError(f'image {table.image_ids[index]} resized to {size} fits none of the '
+      first = records.indices[np.flatnonzero((sizes == (height, width)).all(1))[0]]
+      raise UserError(f'image {table.image_ids[first]} resized to {size} fits none of the '
                       f'input size buckets {buckets}')
-    boxes = int((~table.crowd[index]).sum())
-    if boxes > max_boxes:
-      raise UserError(f'image {table.image_ids[index]} has {boxes} boxes, more than '
-                      f'max_boxes={max_boxes}: raise it')
+  counts = np.asarray([np.count_nonzero(~table.crowd[i]) for i in records.indices])
+  if len(counts) and counts.max() > max_boxes:
+    first = records.indices[int(np.argmax(counts))]
+    raise UserError(f'image {table.image_ids[first]} has {counts.max()} boxes, more than '
+                    f'max_boxes={max_boxes}: raise it')
 
 
 def _log_buckets(what, buckets):
@@ -123,7 +133,8 @@ class _TrainOrder(abc.Sequence):
     batches = np.stack([chunk for _, chunk in sorted(batches, key=lambda b: b[0])])
     buckets = []
     for chunk in batches:
-      resized = [transforms.output_shape(*sizes[p], short[p], self._max_size) for p in chunk]
+      resized = [_resized(int(sizes[p, 0]), int(sizes[p, 1]), int(short[p]), self._max_size)
+                 for p in chunk]
       buckets.append(transforms.choose_bucket(resized, self._buckets))
     return permutation, short, flip, batches, buckets
 
@@ -154,7 +165,7 @@ class _EvalOrder(abc.Sequence):
       padded = -(-len(records) // global_batch) * global_batch
       for chunk in np.pad(records, (0, padded - len(records)), constant_values=-1).reshape(
           -1, global_batch):
-        resized = [transforms.output_shape(*sizes[i], short_edge, max_size)
+        resized = [_resized(int(sizes[i, 0]), int(sizes[i, 1]), short_edge, max_size)
                    for i in chunk if i >= 0]
         self._batches.append(chunk)
         self._buckets.append(transforms.choose_bucket(resized, buckets))

@@ -10,6 +10,7 @@ so kd_jax.data.coco.load_folder reads it like COCO.
 """
 import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -54,6 +55,23 @@ def make_image(rng: np.random.Generator, size, max_objects: int, empty: bool):
             int(rows.max() - rows.min() + 1)]
     objects.append((label, xywh, int(mask.sum())))
   return image, objects
+
+
+def ensure(root: str, **kwargs) -> str:
+  """`root` holding the dataset: written (see `write`) unless already there. Written into
+  a sibling folder and renamed, so concurrent writers (hosts, tests) never see half."""
+  json_path, _ = coco.folder_paths(root, 'validation')
+  if not os.path.isfile(json_path):
+    staging = f'{root.rstrip(os.sep)}.{os.getpid()}.partial'
+    write(staging, **kwargs)
+    try:
+      os.rename(staging, root)
+    except OSError:  # another writer finished first (or root exists): use theirs
+      shutil.rmtree(staging, ignore_errors=True)
+      if not os.path.isfile(json_path):
+        raise UserError(f'cannot write the shapes dataset to {root}: it exists and holds '
+                        'no annotations/instances_val2017.json') from None
+  return root
 
 
 def write(root: str, num_train: int = 64, num_val: int = 16, sizes=(48, 96),
