@@ -12,6 +12,7 @@ TensorFlow.
 import io
 import json
 import os
+import pickle
 
 import numpy as np
 from PIL import Image
@@ -165,6 +166,11 @@ def test_shapes_source_writes_once_then_reads(tmp_path):
   assert len(coco.load('train', 'shapes', root)) == 64
   with pytest.raises(UserError, match='data_dir is not set'):
     coco.load('train', 'shapes', '')
+  jpeg = coco.load('train', 'folder', shapes.write(str(tmp_path / 'jpeg'), num_train=4,
+                                                   num_val=1, image_format='jpg'))
+  assert jpeg.read_image(0)[:2] == b'\xff\xd8'  # JPEG bytes, decoded by the pipeline
+  batch = next(iter(pipeline.make_eval_batches(jpeg, 2, **EVAL)))
+  assert batch['image'].any() and jpeg.ground_truth() == jpeg.json_path
 
 
 def test_shapes_dataset_reads_as_coco(shapes_dir, train_split):
@@ -236,6 +242,40 @@ def test_train_batches_resize_flip_pad_and_boxes(shapes_dir, train_split):
     # The bucket is the smallest that holds the batch's images (smallest area first).
     assert transforms.choose_bucket(batch['image_hw'], iterator.buckets) == (height, width)
   assert flips == {False, True}
+  iterator.close()
+
+
+def test_batches_are_detectron2_aspect_ratio_groups(train_split):
+  """The epoch's batches are what AspectRatioGroupedDataset.__iter__
+  (detectron2/data/common.py) yields from the epoch's permutation: each image appended to
+  its orientation's bucket (0 if w > h else 1), a full bucket yielded at once."""
+  records = coco.Records(train_split, train_split.annotations.training_indices())
+  train_order = pipeline._TrainOrder  # pylint: disable=protected-access
+  order = train_order(records.sizes(), 4, 0, 1, 5, 2, (32, 48), 80,
+                      transforms.default_buckets((32, 48), 80))
+  for epoch in (0, 1):
+    permutation, _, _, batches, _ = order.plan(epoch)
+    expected, buckets = [], ([], [])
+    for position, record in enumerate(permutation):
+      height, width = records.sizes()[record]
+      bucket = buckets[0 if width > height else 1]
+      bucket.append(position)
+      if len(bucket) == 4:
+        expected.append(bucket[:])
+        del bucket[:]
+    np.testing.assert_array_equal(batches, expected)
+    assert len(expected) == order.steps_per_epoch
+
+
+def test_pipeline_stages_pickle_for_worker_processes(train_split):
+  """grain's worker processes receive the order and the read/decode stage by pickle."""
+  records = coco.Records(train_split, train_split.annotations.training_indices())
+  prepare = pipeline._Prepare(records, 80, 10)  # pylint: disable=protected-access
+  element = {'index': 0, 'short_edge': 32, 'flip': False, 'bucket': (64, 96)}
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(prepare)).map(element)['image'],
+                                prepare.map(element)['image'])
+  iterator = pipeline.make_train_iterator(train_split, 4, seed=0, **SMALL)
+  assert pickle.loads(pickle.dumps(iterator._batches))  # pylint: disable=W0212
   iterator.close()
 
 

@@ -98,6 +98,11 @@ class Split:
   def __len__(self):
     return len(self.annotations)
 
+  def ground_truth(self):
+    """What kd_jax.detection.coco_eval evaluates against: the instances json if the split
+    has one, else its annotations as a COCO dataset (TFDS)."""
+    return self.json_path or self.annotations.ground_truth()
+
 
 # ---------------------------------------------------------------- instances json
 
