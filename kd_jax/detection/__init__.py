@@ -1,0 +1,1 @@
+"""Faster R-CNN with FPN as detectron2 runs it (METHODS.md 13): static-shape ops, networks, detector."""
