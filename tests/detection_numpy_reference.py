@@ -59,7 +59,8 @@ def rpn_losses(anchors, logits, deltas, labels, matched, batch_size_per_image=25
   """RPN.losses with smooth_l1 beta 0 (L1) and box weights (1, 1, 1, 1)."""
   num_images = len(labels)
   pos = labels == 1
-  gt_deltas = np.stack([get_deltas(anchors, m, (1.0, 1.0, 1.0, 1.0)) for m in matched])
+  with np.errstate(divide='ignore', invalid='ignore'):  # unused rows may be degenerate
+    gt_deltas = np.stack([get_deltas(anchors, m, (1.0, 1.0, 1.0, 1.0)) for m in matched])
   loc = np.abs(deltas[pos] - gt_deltas[pos]).sum()
   valid = labels >= 0
   x, z = logits[valid].astype(np.float64), labels[valid].astype(np.float64)

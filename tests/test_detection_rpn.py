@@ -59,6 +59,7 @@ def test_rpn_losses_match_detectron2():
   got = rpn.rpn_losses(jnp.asarray(ANCHORS), logits, deltas, labels, matched)
   expected = ref.rpn_losses(ANCHORS, logits, deltas, labels, matched)
   for name in expected:
+    assert np.isfinite(expected[name]) and expected[name] > 0, name
     np.testing.assert_allclose(float(got[name]), expected[name], rtol=1e-5, err_msg=name)
   grads = jax.grad(lambda d: rpn.rpn_losses(jnp.asarray(ANCHORS), logits, d, labels,
                                             matched)['loss_rpn_loc'])(deltas)
