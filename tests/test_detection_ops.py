@@ -1,0 +1,223 @@
+"""The detection ops (kd_jax/detection) against torchvision and NumPy transcriptions.
+
+Each reference below is transcribed from detectron2 (facebookresearch/detectron2, the file
+and function named in its docstring) or is torchvision itself (roi_align, batched_nms,
+the box coder). Small shapes: the whole file runs in seconds.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from kd_jax.detection import anchors, boxes, matcher, sampling
+
+
+def random_boxes(rng, count, size=100.0, min_side=1.0, max_side=40.0):
+  """float32 [count, 4] boxes with corners in [0, size) and sides in [min_side, max_side)."""
+  x1y1 = rng.uniform(0, size, (count, 2))
+  wh = rng.uniform(min_side, max_side, (count, 2))
+  return np.concatenate([x1y1, x1y1 + wh], axis=1).astype(np.float32)
+
+
+# --- boxes -------------------------------------------------------------------------------
+
+def np_get_deltas(src, dst, weights):
+  """box_regression.py Box2BoxTransform.get_deltas."""
+  src_w, src_h = src[:, 2] - src[:, 0], src[:, 3] - src[:, 1]
+  src_x, src_y = src[:, 0] + 0.5 * src_w, src[:, 1] + 0.5 * src_h
+  dst_w, dst_h = dst[:, 2] - dst[:, 0], dst[:, 3] - dst[:, 1]
+  dst_x, dst_y = dst[:, 0] + 0.5 * dst_w, dst[:, 1] + 0.5 * dst_h
+  wx, wy, ww, wh = weights
+  return np.stack([wx * (dst_x - src_x) / src_w, wy * (dst_y - src_y) / src_h,
+                   ww * np.log(dst_w / src_w), wh * np.log(dst_h / src_h)], axis=1)
+
+
+def np_apply_deltas(deltas, src, weights, scale_clamp=math.log(1000.0 / 16)):
+  """box_regression.py Box2BoxTransform.apply_deltas (deltas [N, 4k])."""
+  widths, heights = src[:, 2] - src[:, 0], src[:, 3] - src[:, 1]
+  ctr_x, ctr_y = src[:, 0] + 0.5 * widths, src[:, 1] + 0.5 * heights
+  wx, wy, ww, wh = weights
+  dx, dy = deltas[:, 0::4] / wx, deltas[:, 1::4] / wy
+  dw = np.minimum(deltas[:, 2::4] / ww, scale_clamp)
+  dh = np.minimum(deltas[:, 3::4] / wh, scale_clamp)
+  px, py = dx * widths[:, None] + ctr_x[:, None], dy * heights[:, None] + ctr_y[:, None]
+  pw, ph = np.exp(dw) * widths[:, None], np.exp(dh) * heights[:, None]
+  out = np.stack([px - 0.5 * pw, py - 0.5 * ph, px + 0.5 * pw, py + 0.5 * ph], axis=-1)
+  return out.reshape(deltas.shape)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
+def test_encode_decode_match_detectron2_and_torchvision(weights):
+  rng = np.random.default_rng(0)
+  src, dst = random_boxes(rng, 64), random_boxes(rng, 64)
+  deltas = np.asarray(boxes.encode(jnp.asarray(dst), jnp.asarray(src), weights))
+  np.testing.assert_allclose(deltas, np_get_deltas(src, dst, weights), rtol=1e-5, atol=1e-5)
+  coder = torchvision.models.detection._utils.BoxCoder(weights)
+  torch_deltas = coder.encode_single(torch.from_numpy(dst), torch.from_numpy(src)).numpy()
+  np.testing.assert_allclose(deltas, torch_deltas, rtol=1e-5, atol=1e-5)
+  # Decoding 3 class-specific boxes per source box, with deltas large enough to hit the clamp.
+  big = rng.normal(0, 3, (64, 12)).astype(np.float32) * np.asarray(weights * 3, np.float32)
+  decoded = np.asarray(boxes.decode(jnp.asarray(big), jnp.asarray(src), weights))
+  expected = np_apply_deltas(big.astype(np.float64), src.astype(np.float64), weights)
+  assert (big[:, 2::4] / weights[2] > math.log(1000.0 / 16)).any()
+  np.testing.assert_allclose(decoded, expected, rtol=1e-5, atol=1e-3)
+  torch_decoded = coder.decode_single(torch.from_numpy(big[:, :4]), torch.from_numpy(src)).numpy()
+  np.testing.assert_allclose(decoded[:, :4], torch_decoded, rtol=1e-5, atol=1e-3)
+  # Decoding the encoding gives back the target boxes.
+  np.testing.assert_allclose(np.asarray(boxes.decode(jnp.asarray(deltas), jnp.asarray(src),
+                                                     weights)), dst, rtol=1e-5, atol=1e-3)
+
+
+def test_pairwise_iou_clip_nonempty_match_torchvision():
+  rng = np.random.default_rng(1)
+  a, b = random_boxes(rng, 20), random_boxes(rng, 30)
+  a[0] = [5, 5, 5, 9]  # empty box: IoU 0, not NaN
+  iou = np.asarray(boxes.pairwise_iou(jnp.asarray(a), jnp.asarray(b)))
+  np.testing.assert_allclose(iou, torchvision.ops.box_iou(torch.from_numpy(a),
+                                                          torch.from_numpy(b)).numpy(), atol=1e-6)
+  assert np.all(iou[0] == 0)
+  clipped = np.asarray(boxes.clip(jnp.asarray(b), 60, 80))
+  np.testing.assert_array_equal(clipped, torchvision.ops.clip_boxes_to_image(
+      torch.from_numpy(b), (60, 80)).numpy())
+  keep = np.asarray(boxes.nonempty(jnp.asarray(clipped), 2.0))
+  np.testing.assert_array_equal(keep, ((clipped[:, 2] - clipped[:, 0]) > 2)
+                                & ((clipped[:, 3] - clipped[:, 1]) > 2))
+  assert 0 < keep.sum() < len(keep)
+
+
+# --- anchors ------------------------------------------------------------------------------
+
+def np_grid_anchors(size, stride, sizes, ratios, offset):
+  """anchor_generator.py DefaultAnchorGenerator: generate_cell_anchors + _grid_anchors."""
+  cell = []
+  for s in sizes:
+    for a in ratios:
+      w = math.sqrt(s ** 2.0 / a)
+      h = a * w
+      cell.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+  cell = np.asarray(cell, np.float32)
+  shifts_x = np.arange(offset * stride, size[1] * stride, step=stride, dtype=np.float32)
+  shifts_y = np.arange(offset * stride, size[0] * stride, step=stride, dtype=np.float32)
+  shift_y, shift_x = np.meshgrid(shifts_y, shifts_x, indexing="ij")
+  shifts = np.stack((shift_x.reshape(-1), shift_y.reshape(-1),
+                     shift_x.reshape(-1), shift_y.reshape(-1)), axis=1)
+  return (shifts.reshape(-1, 1, 4) + cell.reshape(1, -1, 4)).reshape(-1, 4)
+
+
+def test_anchors_match_detectron2_order_and_values():
+  hws = [(5, 7), (3, 4), (2, 2), (1, 1), (1, 1)]
+  levels = anchors.all_anchors(hws)
+  assert [len(a) for a in levels] == [h * w * 3 for h, w in hws]
+  for hw, stride, size, got in zip(hws, (4, 8, 16, 32, 64), (32, 64, 128, 256, 512), levels):
+    np.testing.assert_allclose(got, np_grid_anchors(hw, stride, (size,), (0.5, 1.0, 2.0), 0.0),
+                               rtol=1e-6)
+  # Index (y * W + x) * A + a: the anchor of ratio 1 at (y=1, x=2) on p2 is centred at (8, 4).
+  np.testing.assert_allclose(levels[0][(1 * 7 + 2) * 3 + 1], [-8, -12, 24, 20], rtol=1e-6)
+  np.testing.assert_allclose(anchors.grid_anchors((2, 3), 8, (16, 32), (1.0, 2.0), 0.5),
+                             np_grid_anchors((2, 3), 8, (16, 32), (1.0, 2.0), 0.5), rtol=1e-6)
+
+
+# --- matcher ------------------------------------------------------------------------------
+
+def np_match(iou, thresholds, labels, allow_low_quality_matches):
+  """matcher.py Matcher.__call__ + set_low_quality_matches_ (iou [G, N], G may be 0)."""
+  if iou.size == 0:
+    return np.zeros(iou.shape[1], np.int64), np.full(iou.shape[1], labels[0], np.int8)
+  thresholds = [-float("inf")] + list(thresholds) + [float("inf")]
+  matched_vals, matches = iou.max(axis=0), iou.argmax(axis=0)
+  match_labels = np.ones(matches.shape, np.int8)
+  for l, low, high in zip(labels, thresholds[:-1], thresholds[1:]):
+    match_labels[(matched_vals >= low) & (matched_vals < high)] = l
+  if allow_low_quality_matches:
+    highest = iou.max(axis=1)
+    _, pred_inds = np.nonzero(iou == highest[:, None])
+    match_labels[pred_inds] = 1
+  return matches, match_labels
+
+
+@pytest.mark.parametrize("low_quality", [True, False])
+def test_matcher_matches_detectron2_with_padded_gt(low_quality):
+  rng = np.random.default_rng(2)
+  gt, preds = random_boxes(rng, 6, max_side=60), random_boxes(rng, 300)
+  preds[7] = gt[2]  # an exact match
+  preds[8] = gt[2]  # and a tie of the best match for gt 2
+  iou = np.asarray(boxes.pairwise_iou(jnp.asarray(gt), jnp.asarray(preds)))
+  num_valid = 4
+  padded = np.concatenate([iou[:num_valid], rng.uniform(0, 1, (3, 300)).astype(np.float32)])
+  gt_valid = np.arange(7) < num_valid
+  fn = jax.jit(lambda q, v: matcher.match(q, v, (0.3, 0.7), (0, -1, 1), low_quality))
+  matched, labels = map(np.asarray, fn(padded, gt_valid))
+  expected_matched, expected_labels = np_match(iou[:num_valid], (0.3, 0.7), (0, -1, 1),
+                                               low_quality)
+  np.testing.assert_array_equal(matched, expected_matched)
+  np.testing.assert_array_equal(labels, expected_labels)
+  assert labels.dtype == np.int8 and matched.dtype == np.int32
+  assert set(np.unique(labels)) == {-1, 0, 1}
+  low_only = (iou[:num_valid].max(0) < 0.7) & (labels == 1)
+  assert low_only.any() == low_quality
+  # No valid ground truth: all matched to 0 with labels[0] (the empty-matrix branch).
+  matched, labels = map(np.asarray, fn(padded, np.zeros(7, bool)))
+  assert np.all(matched == 0) and np.all(labels == 0)
+
+
+# --- sampling -----------------------------------------------------------------------------
+
+def test_subsample_labels_counts_validity_determinism():
+  rng = np.random.default_rng(3)
+  labels = rng.choice([-1, 0, 1], size=500, p=[0.3, 0.6, 0.1]).astype(np.int32)
+  valid = np.arange(500) < 450
+  fn = jax.jit(lambda key, l, v: sampling.subsample_labels(key, l, v, 256, 0.5, 0))
+  pos, neg = map(np.asarray, fn(jax.random.key(0), labels, valid))
+  n_pos = ((labels == 1) & valid).sum()
+  n_neg = ((labels == 0) & valid).sum()
+  # sampling.py subsample_labels: num_pos = min(#pos, int(256 * 0.5)), num_neg = the rest.
+  assert pos.sum() == min(n_pos, 128) and neg.sum() == min(n_neg, 256 - pos.sum())
+  assert np.all(labels[pos] == 1) and np.all(labels[neg] == 0)
+  assert np.all(valid[pos]) and np.all(valid[neg]) and not (pos & neg).any()
+  again = fn(jax.random.key(0), labels, valid)
+  np.testing.assert_array_equal(np.asarray(again[1]), neg)
+  other = np.asarray(fn(jax.random.key(1), labels, valid)[1])
+  assert other.sum() == neg.sum() and (other != neg).any()
+  # Too many positives: capped at 128, negatives fill the remaining 128.
+  many = np.where(rng.uniform(size=500) < 0.5, 1, 0).astype(np.int32)
+  pos, neg = map(np.asarray, fn(jax.random.key(2), many, valid))
+  assert pos.sum() == 128 and neg.sum() == 128
+
+
+def test_subsample_labels_is_uniform():
+  """Each eligible positive is drawn with probability num_pos / #positives."""
+  labels = np.zeros(40, np.int32)
+  labels[:10] = 1
+  fn = jax.jit(jax.vmap(lambda key: sampling.subsample_labels(key, labels, labels >= 0, 8, 0.25, 0)))
+  pos, neg = map(np.asarray, fn(jax.random.split(jax.random.key(4), 2000)))
+  np.testing.assert_allclose(pos[:, :10].mean(0), 0.2, atol=0.04)   # 2 of 10 positives
+  np.testing.assert_allclose(neg[:, 10:].mean(0), 0.2, atol=0.04)   # 6 of 30 negatives
+  assert np.all(pos.sum(1) == 2) and np.all(neg.sum(1) == 6)
+
+
+def test_sample_indices_roi_heads_layout():
+  rng = np.random.default_rng(5)
+  num_classes = 4
+  gt_classes = rng.choice([-1, 0, 1, 2, 3, num_classes], size=300,
+                          p=[0.1, 0.05, 0.05, 0.05, 0.05, 0.7]).astype(np.int32)
+  valid = np.arange(300) < 280
+  fn = jax.jit(lambda key: sampling.sample_indices(key, gt_classes, valid, 64, 0.25, num_classes))
+  indices, ok = map(np.asarray, fn(jax.random.key(0)))
+  fg = valid & (gt_classes >= 0) & (gt_classes < num_classes)
+  num_pos = min(fg.sum(), 16)
+  num_neg = min((valid & (gt_classes == num_classes)).sum(), 64 - num_pos)
+  assert ok.sum() == num_pos + num_neg and np.all(ok[:num_pos + num_neg])
+  assert np.all(fg[indices[:num_pos]])
+  assert np.all(gt_classes[indices[num_pos:num_pos + num_neg]] == num_classes)
+  assert np.all(valid[indices[ok]]) and len(set(indices[ok])) == ok.sum()
+  np.testing.assert_array_equal(np.asarray(fn(jax.random.key(0))[0]), indices)
+  # Few candidates: padding slots are invalid.
+  few_valid = np.arange(300) < 20
+  indices, ok = map(np.asarray, jax.jit(sampling.sample_indices, static_argnums=(3, 4, 5))(
+      jax.random.key(1), gt_classes, few_valid, 64, 0.25, num_classes))
+  expected = min((few_valid & fg).sum(), 16) + (few_valid & (gt_classes == num_classes)).sum()
+  assert ok.sum() == expected and not ok[expected:].any() and np.all(few_valid[indices[ok]])
