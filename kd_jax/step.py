@@ -21,6 +21,7 @@ from kd_jax.methods import Aux
 
 FIRST_NONFINITE = "first_nonfinite_step"  # reduced with min, not summed
 BATCH_AUGMENT_STREAM = 0x6d6978  # folded into the step's key: erasing / mixing draws
+METHOD_STREAM = 0x6d6574  # folded into the step's key: the method's own draws (Aux.key)
 NEVER = np.iinfo(np.int32).max
 
 
@@ -112,15 +113,15 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
   before both networks see it, keyed by (seed, step). With `metric_sums=None` the step
   returns this step's metrics instead of sums.
   """
-  mean = jnp.asarray(feeder.info.mean, jnp.float32)
-  std = jnp.asarray(feeder.info.std, jnp.float32)
+  mean, std = feeder.info.mean, feeder.info.std
 
   def one_step(state, frozen, batch):
     epoch = state.step // steps_per_epoch
     views, targets, index = feeder.train_inputs(batch, state.step, method)
-    views = [augment.normalize(view, mean, std) for view in views]
+    if feeder.info.mean is not None:  # else the model normalises (detectron2's detectors)
+      views = [augment.normalize(view, mean, std) for view in views]
+    key = jax.random.fold_in(jax.random.key(batch.get("seed", seed)), state.step)
     if batch_augment is not None and batch_augment.active:
-      key = jax.random.fold_in(jax.random.key(batch.get("seed", seed)), state.step)
       views[0], targets = batch_augment(jax.random.fold_in(key, BATCH_AUGMENT_STREAM),
                                         views[0], targets)
     trainable = nnx.merge(trainable_def, state.params, state.model_state)
@@ -130,7 +131,8 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
       # what the student produced; it never gets gradients (not an argument).
       teacher = nnx.merge(teacher_def, frozen["teacher"]) if method.needs_teacher else None
       return method.forward(trainable, teacher, views, targets, epoch,
-                            Aux(trainable.extras, frozen["extras"], index))
+                            Aux(trainable.extras, frozen["extras"], index,
+                                jax.random.fold_in(key, METHOD_STREAM)))
 
     # nnx.value_and_grad: gradients w.r.t. the nnx.Params only; the other variables the
     # forward pass updates (BatchNorm statistics, dropout RNG counts, a method's state)

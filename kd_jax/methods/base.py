@@ -46,6 +46,7 @@ class Aux(NamedTuple):
   extras: Any = None  # the module of Method.extras (or None)
   frozen: Any = None  # the pytree of Method.frozen (or None)
   index: Any = None  # int32 [B]: each example's index in the training split
+  key: Any = None  # a PRNG key of this step, for what the method samples (detection RoIs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,8 @@ class Method:
   needs_feature_maps = False
   # True: the loss trains a distilled DeiT's two heads (features['cls_logits'/'dist_logits']).
   needs_distillation_token = False
+  # The dataset kind the method trains on: 'classification' or 'detection' (a feeder's).
+  task = "classification"
 
   def __post_init__(self):
     check_fields(self)
