@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from kd_jax.detection import anchors, boxes, matcher, sampling
+from kd_jax.detection import anchors, boxes, matcher, roi_align, sampling
 
 
 def random_boxes(rng, count, size=100.0, min_side=1.0, max_side=40.0):
@@ -221,3 +221,89 @@ def test_sample_indices_roi_heads_layout():
       jax.random.key(1), gt_classes, few_valid, 64, 0.25, num_classes))
   expected = min((few_valid & fg).sum(), 16) + (few_valid & (gt_classes == num_classes)).sum()
   assert ok.sum() == expected and not ok[expected:].any() and np.all(few_valid[indices[ok]])
+
+
+# --- roi_align ----------------------------------------------------------------------------
+
+def torch_roi_align(features, rois, output_size, scale, sampling_ratio, aligned=True):
+  """torchvision.ops.roi_align on one NHWC map, returned NHWC."""
+  nchw = torch.from_numpy(np.ascontiguousarray(features.transpose(2, 0, 1)[None]))
+  out = torchvision.ops.roi_align(nchw, [torch.from_numpy(rois)], output_size, scale,
+                                  sampling_ratio, aligned)
+  return out.numpy().transpose(0, 2, 3, 1)
+
+
+def roi_boxes(rng, count, image_hw):
+  """Boxes over and partly outside an image, sides 0..40 px, one empty box."""
+  x1y1 = rng.uniform(-15, np.asarray(image_hw[::-1]) + 5, (count, 2))
+  out = np.concatenate([x1y1, x1y1 + rng.uniform(0, 40, (count, 2))], axis=1).astype(np.float32)
+  out[0] = [8, 8, 8, 20]
+  return out
+
+
+@pytest.mark.parametrize("sampling_ratio,aligned", [(0, True), (2, True), (0, False)])
+def test_roi_align_matches_torchvision(sampling_ratio, aligned):
+  rng = np.random.default_rng(6)
+  features = rng.normal(size=(9, 13, 3)).astype(np.float32)
+  rois = roi_boxes(rng, 30, (36, 52))
+  # Stride 4 and sides < 40 px: at most 10 feature px per side, ceil(10 / 3) = 4 <= the bound.
+  got = np.asarray(roi_align.roi_align(jnp.asarray(features), jnp.asarray(rois), (3, 3), 0.25,
+                                       sampling_ratio, aligned))
+  expected = torch_roi_align(features, rois, (3, 3), 0.25, sampling_ratio, aligned)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  # The empty box has no adaptive samples (ceil(0) = 0) when aligned: torchvision gives 0.
+  assert np.all(got[0] == 0) == (aligned and sampling_ratio == 0)
+
+
+def test_roi_align_gradient_matches_torchvision():
+  rng = np.random.default_rng(7)
+  features = rng.normal(size=(9, 13, 2)).astype(np.float32)
+  rois = roi_boxes(rng, 12, (36, 52))
+  cotangent = rng.normal(size=(12, 3, 3, 2)).astype(np.float32)
+  pool = lambda f: roi_align.roi_align(f, jnp.asarray(rois), (3, 3), 0.25, 0, True)
+  got = np.asarray(jax.vjp(pool, jnp.asarray(features))[1](jnp.asarray(cotangent))[0])
+  nchw = torch.from_numpy(features.transpose(2, 0, 1)[None].copy()).requires_grad_()
+  out = torchvision.ops.roi_align(nchw, [torch.from_numpy(rois)], (3, 3), 0.25, 0, True)
+  out.backward(torch.from_numpy(cotangent.transpose(0, 3, 1, 2).copy()))
+  np.testing.assert_allclose(got, nchw.grad.numpy()[0].transpose(1, 2, 0), atol=1e-5)
+
+
+def test_roi_align_bound_equals_fixed_sampling_for_large_boxes():
+  """Past the bound the adaptive grid becomes max_sampling samples per axis (module docstring)."""
+  rng = np.random.default_rng(8)
+  features = rng.normal(size=(20, 20, 2)).astype(np.float32)
+  large = np.asarray([[0, 0, 60, 70], [5, 3, 79, 66]], np.float32)  # ceil(side / 4 / 3): 5..7
+  small = np.asarray([[0, 0, 20, 22], [5, 3, 30, 33]], np.float32)  # ceil(side / 3) <= 3
+  pool = lambda rois, bound: np.asarray(roi_align.roi_align(
+      jnp.asarray(features), jnp.asarray(rois), 3, 0.25, 0, max_sampling=bound))
+  np.testing.assert_allclose(pool(large, 3), torch_roi_align(features, large, 3, 0.25, 3), atol=1e-5)
+  np.testing.assert_allclose(pool(large, 7), torch_roi_align(features, large, 3, 0.25, 0), atol=1e-5)
+  assert np.abs(pool(large, 3) - pool(large, 7)).max() > 1e-3
+  np.testing.assert_allclose(pool(small, 3), torch_roi_align(features, small, 3, 0.25, 0), atol=1e-5)
+
+
+def np_assign_levels(rois, min_level, max_level, canonical_box, canonical_level):
+  """poolers.py assign_boxes_to_levels."""
+  sizes = np.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
+  levels = np.floor(canonical_level + np.log2(sizes / canonical_box + 1e-8))
+  return np.clip(levels, min_level, max_level).astype(np.int64) - min_level
+
+
+def test_multilevel_roi_align_matches_detectron2_pooler():
+  """poolers.py ROIPooler.forward (ROIAlignV2): each box pooled by roi_align on its level."""
+  rng = np.random.default_rng(9)
+  scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+  maps = [rng.normal(size=(64 // s, 96 // s, 2)).astype(np.float32) for s in (4, 8, 16, 32)]
+  sides = np.asarray([4, 10, 30, 60, 112, 200, 230, 300, 450, 500], np.float32)
+  rois = np.stack([np.full(10, 3.0), np.full(10, 5.0), 3 + sides, 5 + sides * 0.9], 1)
+  rois = np.concatenate([rois, roi_boxes(rng, 10, (256, 384)) * 4]).astype(np.float32)
+  levels = np_assign_levels(rois, 2, 5, 224, 4)
+  np.testing.assert_array_equal(np.asarray(roi_align.assign_levels(jnp.asarray(rois))), levels)
+  assert set(levels) == {0, 1, 2, 3}
+  expected = np.zeros((len(rois), 5, 5, 2), np.float32)
+  for level, (features, scale) in enumerate(zip(maps, scales)):
+    at_level = levels == level
+    expected[at_level] = torch_roi_align(features, rois[at_level], 5, scale, 0)
+  pool = jax.jit(lambda f, b: roi_align.multilevel_roi_align(f, b, 5, scales, max_sampling=32))
+  np.testing.assert_allclose(np.asarray(pool([jnp.asarray(m) for m in maps], rois)), expected,
+                             atol=1e-5)
