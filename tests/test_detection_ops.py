@@ -14,6 +14,7 @@ import torch
 import torchvision
 
 from kd_jax.detection import anchors, boxes, matcher, roi_align, sampling
+from kd_jax.detection import nms as nms_ops
 
 
 def random_boxes(rng, count, size=100.0, min_side=1.0, max_side=40.0):
@@ -307,3 +308,50 @@ def test_multilevel_roi_align_matches_detectron2_pooler():
   pool = jax.jit(lambda f, b: roi_align.multilevel_roi_align(f, b, 5, scales, max_sampling=32))
   np.testing.assert_allclose(np.asarray(pool([jnp.asarray(m) for m in maps], rois)), expected,
                              atol=1e-5)
+
+
+# --- nms ----------------------------------------------------------------------------------
+
+def clustered_boxes(rng, count, clusters=6):
+  """Boxes jittered around a few centres (long suppression chains), scores with ties."""
+  centres = random_boxes(rng, clusters, size=60, min_side=10, max_side=40)
+  out = centres[rng.integers(0, clusters, count)] + rng.normal(0, 3, (count, 4))
+  out[:, 2:] = np.maximum(out[:, 2:], out[:, :2] + 0.5)
+  scores = np.round(rng.uniform(0, 1, count), 2).astype(np.float32)  # many exact ties
+  out[5] = out[4]  # a duplicate box
+  return out.astype(np.float32), scores
+
+
+@pytest.mark.parametrize("block_size", [16, 256])
+def test_nms_matches_torchvision(block_size):
+  rng = np.random.default_rng(10)
+  rois, scores = clustered_boxes(rng, 150)
+  valid = rng.uniform(size=150) < 0.9
+  fn = jax.jit(lambda b, s, v: nms_ops.nms(b, s, v, 0.5, 150, block_size))
+  indices, ok = map(np.asarray, fn(rois, scores, valid))
+  where_valid = np.nonzero(valid)[0]
+  expected = where_valid[torchvision.ops.nms(torch.from_numpy(rois[valid]),
+                                             torch.from_numpy(scores[valid]), 0.5).numpy()]
+  assert 10 < len(expected) < valid.sum()
+  np.testing.assert_array_equal(indices[ok], expected)
+  assert not ok[len(expected):].any()
+  # Truncation to max_output keeps the highest-scoring kept boxes.
+  indices, ok = map(np.asarray, jax.jit(lambda b, s, v: nms_ops.nms(b, s, v, 0.5, 8, block_size))(
+      rois, scores, valid))
+  np.testing.assert_array_equal(indices, expected[:8])
+  assert ok.all()
+
+
+@pytest.mark.parametrize("block_size", [32, 512])
+def test_batched_nms_matches_torchvision(block_size):
+  rng = np.random.default_rng(11)
+  rois, scores = clustered_boxes(rng, 300, clusters=4)
+  classes = rng.integers(0, 5, 300).astype(np.int32)
+  valid = np.ones(300, bool)
+  valid[-10:] = False
+  fn = jax.jit(lambda b, s, c, v: nms_ops.batched_nms(b, s, c, v, 0.7, 300, block_size))
+  indices, ok = map(np.asarray, fn(rois, scores, classes, valid))
+  expected = torchvision.ops.batched_nms(torch.from_numpy(rois[:-10]), torch.from_numpy(scores[:-10]),
+                                         torch.from_numpy(classes[:-10]), 0.7).numpy()
+  np.testing.assert_array_equal(indices[ok], expected)
+  assert ok.sum() == len(expected)
