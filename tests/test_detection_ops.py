@@ -15,6 +15,7 @@ import torchvision
 
 from kd_jax.detection import anchors, boxes, matcher, roi_align, sampling
 from kd_jax.detection import nms as nms_ops
+from kd_jax.detection import postprocess, proposals
 
 
 def random_boxes(rng, count, size=100.0, min_side=1.0, max_side=40.0):
@@ -355,3 +356,115 @@ def test_batched_nms_matches_torchvision(block_size):
                                          torch.from_numpy(classes[:-10]), 0.7).numpy()
   np.testing.assert_array_equal(indices[ok], expected)
   assert ok.sum() == len(expected)
+
+
+# --- proposals ----------------------------------------------------------------------------
+
+def np_find_top_rpn_proposals(proposals, logits, image_size, nms_thresh, pre_nms_topk,
+                              post_nms_topk, min_box_size):
+  """proposal_utils.py find_top_rpn_proposals for one image (inference: drops non-finite)."""
+  topk_scores, topk_proposals, level_ids = [], [], []
+  for level_id, (proposals_i, logits_i) in enumerate(zip(proposals, logits)):
+    num = min(len(logits_i), pre_nms_topk)
+    idx = np.argsort(-logits_i, kind="stable")[:num]
+    topk_scores.append(logits_i[idx])
+    topk_proposals.append(proposals_i[idx])
+    level_ids.append(np.full(num, level_id))
+  scores, boxes, lvl = map(np.concatenate, (topk_scores, topk_proposals, level_ids))
+  valid = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+  scores, boxes, lvl = scores[valid], boxes[valid], lvl[valid]
+  h, w = image_size
+  boxes = np.stack([boxes[:, 0].clip(0, w), boxes[:, 1].clip(0, h), boxes[:, 2].clip(0, w),
+                    boxes[:, 3].clip(0, h)], axis=1)
+  keep = ((boxes[:, 2] - boxes[:, 0]) > min_box_size) & ((boxes[:, 3] - boxes[:, 1]) > min_box_size)
+  scores, boxes, lvl = scores[keep], boxes[keep], lvl[keep]
+  keep = torchvision.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                     torch.from_numpy(lvl), nms_thresh).numpy()[:post_nms_topk]
+  return boxes[keep], scores[keep]
+
+
+@pytest.mark.parametrize("min_box_size", [0.0, 3.0])
+def test_find_top_proposals_matches_detectron2(min_box_size):
+  rng = np.random.default_rng(12)
+  hws = [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+  level_anchors = anchors.all_anchors(hws, sizes=((8,), (16,), (32,), (64,), (128,)))
+  deltas = [rng.normal(0, 0.5, a.shape).astype(np.float32) for a in level_anchors]
+  logits = [rng.normal(0, 2, len(a)).astype(np.float32) for a in level_anchors]
+  deltas[0][:3] = np.nan  # non-finite proposals are dropped (inference behaviour)
+  image_hw = (60, 90)
+  fn = jax.jit(lambda d, l: proposals.find_top_proposals(level_anchors, d, l, image_hw, 0.7, 100,
+                                                         60, min_box_size))
+  got_boxes, got_logits, ok = map(np.asarray, fn(deltas, logits))
+  decoded = [np_apply_deltas(d, a, (1.0, 1.0, 1.0, 1.0)).astype(np.float32)
+             for d, a in zip(deltas, level_anchors)]
+  expected_boxes, expected_logits = np_find_top_rpn_proposals(decoded, logits, image_hw, 0.7, 100,
+                                                              60, min_box_size)
+  assert ok.sum() == len(expected_logits)
+  np.testing.assert_allclose(got_logits[ok], expected_logits, rtol=1e-6)
+  np.testing.assert_allclose(got_boxes[ok], expected_boxes, rtol=1e-5, atol=1e-4)
+  assert not ok[len(expected_logits):].any()
+
+
+# --- postprocess --------------------------------------------------------------------------
+
+def np_fast_rcnn_inference_single_image(boxes, scores, image_shape, score_thresh, nms_thresh,
+                                        topk_per_image):
+  """fast_rcnn.py fast_rcnn_inference_single_image (class-specific boxes [R, K * 4])."""
+  valid = np.isfinite(boxes).all(axis=1) & np.isfinite(scores).all(axis=1)
+  boxes, scores = boxes[valid], scores[valid]
+  rows = np.nonzero(valid)[0]
+  scores = scores[:, :-1]
+  num_bbox_reg_classes = boxes.shape[1] // 4
+  h, w = image_shape
+  boxes = boxes.reshape(-1, 4)
+  boxes = np.stack([boxes[:, 0].clip(0, w), boxes[:, 1].clip(0, h), boxes[:, 2].clip(0, w),
+                    boxes[:, 3].clip(0, h)], axis=1).reshape(-1, num_bbox_reg_classes, 4)
+  filter_mask = scores > score_thresh
+  filter_inds = np.stack(np.nonzero(filter_mask), axis=1)
+  boxes, scores = boxes[filter_mask], scores[filter_mask]
+  keep = torchvision.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                     torch.from_numpy(filter_inds[:, 1]), nms_thresh).numpy()
+  keep = keep[:topk_per_image]
+  return boxes[keep], scores[keep], filter_inds[keep, 1], rows[filter_inds[keep, 0]]
+
+
+@pytest.mark.parametrize("topk", [15, 400])  # 400 > 5 classes x 60 proposals: padded
+def test_fast_rcnn_inference_matches_detectron2(topk):
+  rng = np.random.default_rng(13)
+  num_rois, num_classes = 60, 5
+  proposals_ = np.repeat(clustered_boxes(rng, num_rois, clusters=5)[0], num_classes, axis=0)
+  class_boxes = (proposals_ + rng.normal(0, 2, proposals_.shape)).reshape(num_rois, -1)
+  class_boxes = class_boxes.astype(np.float32)
+  logits = rng.normal(0, 2, (num_rois, num_classes + 1))
+  scores = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+  scores[3] = scores[2]  # a tie across proposals
+  valid = np.arange(num_rois) < 52
+  image_hw = (50, 70)
+  fn = jax.jit(lambda b, s, v: postprocess.fast_rcnn_inference(b, s, image_hw, v, 0.05, 0.5, topk))
+  got_boxes, got_scores, got_classes, got_rois, ok = map(np.asarray, fn(class_boxes, scores, valid))
+  exp_boxes, exp_scores, exp_classes, exp_rois = np_fast_rcnn_inference_single_image(
+      class_boxes[:52], scores[:52], image_hw, 0.05, 0.5, topk)
+  assert ok.sum() == len(exp_scores) and (len(exp_scores) == topk) == (topk == 15)
+  np.testing.assert_array_equal(got_scores[ok], exp_scores)
+  np.testing.assert_array_equal(got_classes[ok], exp_classes)
+  np.testing.assert_array_equal(got_rois[ok], exp_rois)
+  np.testing.assert_allclose(got_boxes[ok], exp_boxes, atol=1e-6)
+  assert not ok[len(exp_scores):].any()
+
+
+def test_detector_postprocess_matches_detectron2():
+  """postprocessing.py detector_postprocess: Boxes.scale, clip to the output size, nonempty."""
+  rng = np.random.default_rng(14)
+  dets = random_boxes(rng, 20, size=80)
+  dets[0] = [82, 10, 90, 20]  # right of the output image after scaling: clipped to nothing
+  valid = np.arange(20) < 18
+  scaled, ok = map(np.asarray, jax.jit(postprocess.detector_postprocess)(
+      dets, valid, jnp.asarray([64, 80]), jnp.asarray([48, 52])))
+  scale_x, scale_y = 52 / 80, 48 / 64
+  expected = dets * np.asarray([scale_x, scale_y, scale_x, scale_y], np.float32)
+  expected = np.stack([expected[:, 0].clip(0, 52), expected[:, 1].clip(0, 48),
+                       expected[:, 2].clip(0, 52), expected[:, 3].clip(0, 48)], axis=1)
+  np.testing.assert_allclose(scaled, expected, rtol=1e-6)
+  np.testing.assert_array_equal(ok, valid & ((expected[:, 2] > expected[:, 0])
+                                             & (expected[:, 3] > expected[:, 1])))
+  assert not ok[0]
