@@ -64,7 +64,7 @@ def load_detectron2_state(model, state, *, prefix='', source='detectron2 weights
     variable = variables[path]
     if array.shape != variable.shape:
       raise UserError(f"{source}: tensor {name} has shape {tuple(np.shape(original))}, "
-                      f"the model needs {_torch_shape(variable.shape)}")
+                      f"the model needs {torch_shape(variable.shape)}")
     variable.set_value(jnp.asarray(array))
   unused = sorted(name for name in state if name not in names
                   and not name.endswith(_IGNORED_SUFFIXES))
@@ -74,8 +74,8 @@ def load_detectron2_state(model, state, *, prefix='', source='detectron2 weights
   return model
 
 
-def _torch_shape(shape):
-  """This package's layout -> the PyTorch layout, for error messages."""
+def torch_shape(shape):
+  """The PyTorch-layout shape of a variable of this package's `shape`."""
   if len(shape) == 4:
     return (shape[3], shape[2], shape[0], shape[1])
   return tuple(reversed(shape)) if len(shape) == 2 else tuple(shape)
