@@ -64,7 +64,10 @@ def test_r18_detector_has_detectron2_names_and_loads_them(abstract_r18):
   assert set(detectron2_names.detectron2_names(abstract_r18())) == set(expected)
   rng = np.random.default_rng(0)
   state = {name: rng.normal(size=shape).astype(np.float32) for name, shape in expected.items()}
-  state['backbone.bottom_up.res2.0.conv1.norm.num_batches_tracked'] = np.zeros(())
+  # buffers detectron2 skips when old model-zoo files carry them
+  state.update({'backbone.bottom_up.res2.0.conv1.norm.num_batches_tracked': np.zeros(()),
+                'pixel_mean': np.zeros((3, 1, 1)),
+                'proposal_generator.anchor_generator.cell_anchors.0': np.zeros((3, 4))})
   model = detectron2_names.load_detectron2_state(abstract_r18(), state)
   np.testing.assert_array_equal(model.roi_heads.box_predictor.cls_score.kernel[...],
                                 state['roi_heads.box_predictor.cls_score.weight'].T)
@@ -73,6 +76,12 @@ def test_r18_detector_has_detectron2_names_and_loads_them(abstract_r18):
       state['backbone.bottom_up.res3.0.shortcut.weight'].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(model.backbone.bottom_up.stem.conv1.norm.running_var[...],
                                 state['backbone.bottom_up.stem.conv1.norm.running_var'])
+  # a sub-module loads the part of a full state under its prefix (ImageNet-initialised
+  # backbone of a detector): the other tensors are not its business
+  bottom_up = detectron2_names.load_detectron2_state(
+      abstract_r18().backbone.bottom_up, state, prefix='backbone.bottom_up.')
+  np.testing.assert_array_equal(bottom_up.res5[1].conv2.kernel[...], state[
+      'backbone.bottom_up.res5.1.conv2.weight'].transpose(2, 3, 1, 0))
 
 
 def test_bad_detectron2_state_is_one_line_naming_the_tensor(abstract_r18):
