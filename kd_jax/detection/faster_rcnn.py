@@ -185,7 +185,7 @@ class FasterRCNN(nnx.Module):
     scores = scores.reshape(batch_size, count, -1)
     boxes, scores, classes, _, valid = jax.vmap(
         lambda b, s, hw, v: postprocess.fast_rcnn_inference(
-            b, s, hw, v, score_thresh=config.score_thresh_test,
+            b, s, hw, valid=v, score_thresh=config.score_thresh_test,
             nms_thresh=config.nms_thresh_test, topk=config.detections_per_image))(
                 predicted, scores, image_hw, proposal['valid'])
     return {'boxes': boxes, 'scores': scores, 'classes': classes, 'valid': valid}
@@ -200,7 +200,13 @@ BOTTOM_UP = {
                                                             dtype=dtype, rngs=rngs),
     'MV2': lambda freeze_at, dtype, rngs: backbones.MobileNetV2(freeze_at=freeze_at,
                                                                 dtype=dtype, rngs=rngs),
+    # Smoke runs and tests: R18 blocks at widths 8..64 (not a published network).
+    'R18micro': lambda freeze_at, dtype, rngs: backbones.ResNet(
+        18, stem_channels=8, res2_channels=8, freeze_at=freeze_at,
+        dtype=dtype, rngs=rngs),
 }
+# (FPN channels, box-head width): detectron2's 256 / 1024, except the micro network's.
+WIDTHS = {'R18micro': (16, 32)}
 
 
 def create(backbone_name, config=DetectorConfig(), *, freeze_at=2, dtype=jnp.float32, rngs):
@@ -210,4 +216,6 @@ def create(backbone_name, config=DetectorConfig(), *, freeze_at=2, dtype=jnp.flo
     raise UserError(f"unknown detector backbone {backbone_name!r}; choose from "
                     f"{', '.join(BOTTOM_UP)}")
   bottom_up = BOTTOM_UP[backbone_name](freeze_at, dtype, rngs)
-  return FasterRCNN(fpn.FPN(bottom_up, dtype=dtype, rngs=rngs), config, dtype=dtype, rngs=rngs)
+  fpn_channels, fc_dim = WIDTHS.get(backbone_name, (256, 1024))
+  return FasterRCNN(fpn.FPN(bottom_up, fpn_channels, dtype=dtype, rngs=rngs), config,
+                    fc_dim=fc_dim, dtype=dtype, rngs=rngs)
