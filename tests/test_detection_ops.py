@@ -194,7 +194,8 @@ def test_subsample_labels_is_uniform():
   """Each eligible positive is drawn with probability num_pos / #positives."""
   labels = np.zeros(40, np.int32)
   labels[:10] = 1
-  fn = jax.jit(jax.vmap(lambda key: sampling.subsample_labels(key, labels, labels >= 0, 8, 0.25, 0)))
+  fn = jax.jit(jax.vmap(
+      lambda key: sampling.subsample_labels(key, labels, labels >= 0, 8, 0.25, 0)))
   pos, neg = map(np.asarray, fn(jax.random.split(jax.random.key(4), 2000)))
   np.testing.assert_allclose(pos[:, :10].mean(0), 0.2, atol=0.04)   # 2 of 10 positives
   np.testing.assert_allclose(neg[:, 10:].mean(0), 0.2, atol=0.04)   # 6 of 30 negatives
@@ -279,8 +280,10 @@ def test_roi_align_bound_equals_fixed_sampling_for_large_boxes():
   features = rng.normal(size=(20, 20, 2)).astype(np.float32)
   large = np.asarray([[0, 0, 60, 70], [5, 3, 79, 66]], np.float32)  # ceil(side / 4 / 3): 5..7
   pool = lambda rois, bound: np.asarray(jit_roi_align(features, rois, 3, 0.25, 0, True, bound))
-  np.testing.assert_allclose(pool(large, 3), torch_roi_align(features, large, 3, 0.25, 3), atol=1e-5)
-  np.testing.assert_allclose(pool(large, 7), torch_roi_align(features, large, 3, 0.25, 0), atol=1e-5)
+  np.testing.assert_allclose(pool(large, 3), torch_roi_align(features, large, 3, 0.25, 3),
+                             atol=1e-5)
+  np.testing.assert_allclose(pool(large, 7), torch_roi_align(features, large, 3, 0.25, 0),
+                             atol=1e-5)
   assert np.abs(pool(large, 3) - pool(large, 7)).max() > 1e-3
 
 
@@ -352,8 +355,9 @@ def test_batched_nms_matches_torchvision(block_size):
   valid[-10:] = False
   fn = jax.jit(lambda b, s, c, v: nms_ops.batched_nms(b, s, c, v, 0.7, 300, block_size))
   indices, ok = map(np.asarray, fn(rois, scores, classes, valid))
-  expected = torchvision.ops.batched_nms(torch.from_numpy(rois[:-10]), torch.from_numpy(scores[:-10]),
-                                         torch.from_numpy(classes[:-10]), 0.7).numpy()
+  expected = torchvision.ops.batched_nms(
+      torch.from_numpy(rois[:-10]), torch.from_numpy(scores[:-10]),
+      torch.from_numpy(classes[:-10]), 0.7).numpy()
   np.testing.assert_array_equal(indices[ok], expected)
   assert ok.sum() == len(expected)
 

@@ -1,1 +1,1 @@
-"""Faster R-CNN with FPN as detectron2 runs it (METHODS.md 13): static-shape ops, networks, detector."""
+"""Faster R-CNN with FPN as detectron2 runs it (METHODS.md 13), with static shapes."""
