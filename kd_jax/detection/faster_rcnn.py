@@ -1,9 +1,10 @@
 """detectron2's Faster R-CNN with FPN (meta_arch/rcnn.py GeneralizedRCNN) with static
 shapes: one jit-able pure training forward over a padded batch (METHODS.md section 13).
 
-Batch layout: {'image' [B, H, W, 3] float RGB pixels (H, W multiples of 32, zero beyond
-each image), 'image_hw' [B, 2] int (the real height, width), 'boxes' [B, G, 4] float
-(x1, y1, x2, y2 input pixels), 'classes' [B, G] int 0..K-1, 'box_valid' [B, G] bool}.
+Batch layout: {'image' [B, H, W, 3] RGB pixels 0..255 (H, W multiples of 32; what lies
+beyond each image is zeroed after normalisation, as detectron2 pads), 'image_hw' [B, 2] int
+(each image's real height, width), 'boxes' [B, G, 4] float (x1, y1, x2, y2 input pixels),
+'classes' [B, G] int 0..K-1, 'box_valid' [B, G] bool (padding rows are ignored)}.
 
 The module tree is detectron2's (`backbone` = FPN with `bottom_up`, `proposal_generator`
 with `rpn_head`, `roi_heads` with `box_head` and `box_predictor`), so detectron2_names.py
