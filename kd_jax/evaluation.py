@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from kd_jax.data import augment
+from kd_jax.detection import evaluation as detection_evaluation
 
 
 def batch_sums(feeder, sums_fn):
@@ -66,10 +67,27 @@ class Evaluator:
       sums = over_seeds(sums)
     self.feeder, self.batch_sums, self.over_seeds = feeder, batch_sums(feeder, sums), over_seeds
 
-  def __call__(self, *variables):
-    """`variables`: the nnx states that nnx.merge(graphdef, ...) takes."""
+  def __call__(self, *variables, output_dir=None):
+    """`variables`: the nnx states that nnx.merge(graphdef, ...) takes. (`output_dir`:
+    where an evaluator keeps its files; classification writes none.)"""
+    del output_dir
     sums = total(self.batch_sums, variables, self.feeder.eval_batches())
     if self.over_seeds:
       return [as_percent(jax.tree.map(lambda x, i=i: x[i], sums))
               for i in range(len(sums["count"]))]
     return as_percent(sums)
+
+
+def create(feeder, graphdef):
+  """The evaluator of the feeder's task: top-1 / top-5 here, COCO box AP for detection
+  (kd_jax.detection.evaluation)."""
+  if getattr(feeder.info, "metric", "top1") == "AP":
+    return detection_evaluation.DetectionEvaluator(feeder, graphdef)
+  return Evaluator(feeder, graphdef)
+
+
+def describe(results):
+  """The log line's part for one evaluation's results."""
+  if "top1" in results:
+    return f"top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%"
+  return "  ".join(f"{name} {results[name]:.2f}" for name in ("AP", "AP50", "AP75"))

@@ -17,10 +17,11 @@ import numpy as np
 import optax
 
 from kd_jax.data import augment
-from kd_jax.methods import Aux, ModelOutput
+from kd_jax.methods import Aux
 
 FIRST_NONFINITE = "first_nonfinite_step"  # reduced with min, not summed
 BATCH_AUGMENT_STREAM = 0x6d6978  # folded into the step's key: erasing / mixing draws
+METHOD_STREAM = 0x6d6574  # folded into the step's key: the method's own draws (Aux.key)
 NEVER = np.iinfo(np.int32).max
 
 
@@ -35,9 +36,10 @@ class TrainState:
 # The optimizer fields beside lr / momentum / nesterov / weight_decay / decay_epochs /
 # decay_factor, at values that keep the SGD + step-decay recipe of every CIFAR config.
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "warmup_cosine")
+SCHEDULES = ("step", "warmup_cosine", "warmup_multistep")
 OPTIM_DEFAULTS = dict(name="sgd", schedule="step", b1=0.9, b2=0.999, eps=1e-8,
-                      warmup_epochs=0.0, min_lr=0.0, decay_1d=True)
+                      warmup_epochs=0.0, min_lr=0.0, decay_1d=True, decay_steps=(),
+                      warmup_steps=0, warmup_factor=0.001)
 
 
 def make_schedule(optim, steps_per_epoch, num_epochs):
@@ -47,7 +49,19 @@ def make_schedule(optim, steps_per_epoch, num_epochs):
   warmup_cosine: linear from 0 over warmup_epochs, then a half cosine from lr to min_lr at
   the end of training, both evaluated per step at epoch = step / steps_per_epoch (the ND
   authors' DeiT `adjust_learning_rate`, MAE's).
+  warmup_multistep: detectron2's iteration schedule (solver/build.py, WarmupParamScheduler
+  over MultiStepParamScheduler): lr x decay_factor^(number of decay_steps <= step), times
+  warmup_factor (1 - a) + a with a = step / warmup_steps during the first warmup_steps.
   """
+  if optim.schedule == "warmup_multistep":
+    decay = optax.piecewise_constant_schedule(
+        optim.lr, {int(step): optim.decay_factor for step in optim.decay_steps})
+    warmup = max(int(optim.warmup_steps), 1)
+
+    def schedule(step):
+      progress = jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
+      return decay(step) * (optim.warmup_factor * (1 - progress) + progress)
+    return schedule
   if optim.schedule == "step":
     boundaries = {int(epoch * steps_per_epoch): optim.decay_factor
                   for epoch in optim.decay_epochs}
@@ -99,48 +113,38 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
   before both networks see it, keyed by (seed, step). With `metric_sums=None` the step
   returns this step's metrics instead of sums.
   """
-  mean = jnp.asarray(feeder.info.mean, jnp.float32)
-  std = jnp.asarray(feeder.info.std, jnp.float32)
-  single = method.num_views == 1
+  mean, std = feeder.info.mean, feeder.info.std
 
   def one_step(state, frozen, batch):
     epoch = state.step // steps_per_epoch
     views, targets, index = feeder.train_inputs(batch, state.step, method)
-    views = [augment.normalize(view, mean, std) for view in views]
+    if feeder.info.mean is not None:  # else the model normalises (detectron2's detectors)
+      views = [augment.normalize(view, mean, std) for view in views]
+    key = jax.random.fold_in(jax.random.key(batch.get("seed", seed)), state.step)
     if batch_augment is not None and batch_augment.active:
-      key = jax.random.fold_in(jax.random.key(batch.get("seed", seed)), state.step)
       views[0], targets = batch_augment(jax.random.fold_in(key, BATCH_AUGMENT_STREAM),
                                         views[0], targets)
-    teacher_out = None
-    if method.needs_teacher:
-      teacher = nnx.merge(teacher_def, frozen["teacher"])
-      teacher_out = [ModelOutput(*teacher(view, train=method.teacher_batch_statistics))
-                     for view in views]  # any BatchNorm statistics it updates are dropped
-      teacher_out = jax.lax.stop_gradient(teacher_out[0] if single else tuple(teacher_out))
     trainable = nnx.merge(trainable_def, state.params, state.model_state)
 
     def loss_fn(trainable):
-      student_out = [ModelOutput(*trainable.student(view, train=True)) for view in views]
-      student_out = student_out[0] if single else tuple(student_out)
-      total, terms = method.loss(student_out, teacher_out, targets, epoch,
-                                 Aux(trainable.extras, frozen["extras"], index))
-      first = student_out if single else student_out[0]
-      return total, (terms, first.logits)
+      # Merged inside the differentiated function, so a method may run the teacher on
+      # what the student produced; it never gets gradients (not an argument).
+      teacher = nnx.merge(teacher_def, frozen["teacher"]) if method.needs_teacher else None
+      return method.forward(trainable, teacher, views, targets, epoch,
+                            Aux(trainable.extras, frozen["extras"], index,
+                                jax.random.fold_in(key, METHOD_STREAM)))
 
     # nnx.value_and_grad: gradients w.r.t. the nnx.Params only; the other variables the
     # forward pass updates (BatchNorm statistics, dropout RNG counts, a method's state)
     # land back in `trainable`.
-    (total, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (total, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(trainable)
     _, _, model_state = nnx.split(trainable, nnx.Param, ...)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, updates),
                               model_state=model_state, opt_state=opt_state)
     finite = jnp.isfinite(total)
-    metrics = {"loss": total, **terms,
-               "top1": 100 * jnp.mean(jnp.argmax(logits, -1) == getattr(targets, "labels",
-                                                                         targets)),
-               FIRST_NONFINITE: jnp.where(finite, NEVER, state.step)}
+    metrics = {"loss": total, **terms, FIRST_NONFINITE: jnp.where(finite, NEVER, state.step)}
     if skip_nonfinite:  # keep the old state, only count the step
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                                state.replace(step=new_state.step))

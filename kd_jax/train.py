@@ -59,13 +59,18 @@ class StudentWithExtras(nnx.Module):
 
 @dataclasses.dataclass
 class RunResult:
-  """How a run ended: finished (what summary.json holds) or stopped early."""
+  """How a run ended: finished (what summary.json holds) or stopped early.
+
+  best/last/teacher_top1 hold the task's `metric`: test top-1 (%) for classification,
+  COCO box AP (%) for detection.
+  """
   best_top1: float | None
   best_epoch: int | None
   last_top1: float | None
   teacher_top1: float | None
   epochs: int
   seconds_this_session: float | None = None
+  metric: str = "top1"
   stopped_at: int | None = None  # the global step the same command resumes from
   signal: int | None = None  # the signal (SIGTERM/SIGINT) that stopped it
 
@@ -119,8 +124,9 @@ class Trainer:
     self._metric_shapes = step_lib.metric_shapes(step, self.state, self.frozen,
                                                  feeder.example_train_batch())
     self.train_step = jax.jit(step, donate_argnums=(0, 1))
-    self.evaluate = evaluation.Evaluator(feeder, self.trainable_def)
-    self.evaluate_teacher = teacher and evaluation.Evaluator(feeder, teacher_def)
+    self.metric = getattr(feeder.info, "metric", "top1")
+    self.evaluate = evaluation.create(feeder, self.trainable_def)
+    self.evaluate_teacher = teacher and evaluation.create(feeder, teacher_def)
     self.stop_requested = threading.Event()  # set by a signal handler to stop cleanly
 
   def init_metric_sums(self):
@@ -153,6 +159,7 @@ class Trainer:
     or once `stop_requested` is set (preemption); the result then has `stopped_at`, and
     the same call resumes exactly there.
     """
+    self.workdir = workdir
     checkpoints = checkpoint.RunCheckpoints(workdir, self.config.checkpoint_keep)
     writer = MetricWriter(workdir)
     try:
@@ -165,8 +172,8 @@ class Trainer:
       step = int(jax.device_get(self.state.step))
       if self.evaluate_teacher and progress["teacher_top1"] is None:
         teacher_eval = self.evaluate_teacher(self.frozen["teacher"])
-        progress["teacher_top1"] = teacher_eval["top1"]
-        logging.info("teacher test top-1 %.2f%%", teacher_eval["top1"])
+        progress["teacher_top1"] = teacher_eval[self.metric]
+        logging.info("teacher test %s %.2f%%", self.metric, teacher_eval[self.metric])
         writer.write(step, "teacher_eval", teacher_eval)
       meter = Progress(self.total_steps, self.config.batch_size, step)
       hooks = Hooks(
@@ -180,7 +187,7 @@ class Trainer:
       checkpoints.close()
       writer.close()
     result = RunResult(progress["best_top1"], progress["best_epoch"], progress["last_top1"],
-                       progress["teacher_top1"], self.config.num_epochs)
+                       progress["teacher_top1"], self.config.num_epochs, metric=self.metric)
     if step < self.total_steps:
       logging.info("stopped at step %d of %d (epoch %d); rerun the same command to resume",
                    step, self.total_steps, step // self.steps_per_epoch + 1)
@@ -215,14 +222,20 @@ class Trainer:
     return bool(np.any(flags))
 
   def _evaluate_epoch(self, progress, writer, epoch, step):
-    """Test-set evaluation at the end of an epoch; updates best/last in `progress`."""
-    results = self.evaluate(self.state.params, self.state.model_state)
-    if progress["best_top1"] is None or results["top1"] > progress["best_top1"]:
-      progress["best_top1"], progress["best_epoch"] = results["top1"], epoch + 1
-    progress["last_top1"] = results["top1"]
+    """Test-set evaluation at the end of every `eval_every_epochs`-th epoch and of the
+    last; updates best/last in `progress`."""
+    last = epoch + 1 == self.config.num_epochs
+    if (epoch + 1) % self.config.get("eval_every_epochs", 1) and not last:
+      return
+    results = self.evaluate(self.state.params, self.state.model_state,
+                            output_dir=os.path.join(self.workdir, "eval"))
+    value = results[self.metric]
+    if progress["best_top1"] is None or value > progress["best_top1"]:
+      progress["best_top1"], progress["best_epoch"] = value, epoch + 1
+    progress["last_top1"] = value
     writer.write(step, "eval", results | {"epoch": epoch + 1, "best_top1": progress["best_top1"]})
-    logging.info("epoch %d/%d  test top-1 %.2f%%  top-5 %.2f%%  (best %.2f%% at epoch %d)",
-                 epoch + 1, self.config.num_epochs, results["top1"], results["top5"],
+    logging.info("epoch %d/%d  test %s  (best %s %.2f%% at epoch %d)", epoch + 1,
+                 self.config.num_epochs, evaluation.describe(results), self.metric,
                  progress["best_top1"], progress["best_epoch"])
 
   def student(self):
@@ -235,7 +248,8 @@ def create_student(config, num_classes):
   it (config.student.drop_path_rate)."""
   return models.create(config.student.model, num_classes, rngs=nnx.Rngs(config.seed),
                        classifier_init=config.student.classifier_init,
-                       drop_path_rate=config.student.drop_path_rate)
+                       drop_path_rate=config.student.drop_path_rate,
+                       **config.student.get("options", {}))
 
 
 def _versions():
@@ -356,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, loaded=N
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
     summary = read_summary(summary_path)
-    logging.info("%s is complete: best top-1 %.2f%%, last %.2f%%", workdir,
+    logging.info("%s is complete: best %s %.2f%%, last %.2f%%", workdir, summary.metric,
                  summary.best_top1, summary.last_top1)
     return summary
   if loaded is None:
@@ -401,6 +415,6 @@ def _run_locked(config, workdir, loaded, method, teacher, teacher_path, max_step
   result.seconds_this_session = time.perf_counter() - start
   if jax.process_index() == 0:
     write_summary(os.path.join(workdir, "summary.json"), result)
-  logging.info("done: best top-1 %.2f%% (epoch %d), last %.2f%%", result.best_top1,
-               result.best_epoch, result.last_top1)
+  logging.info("done: best %s %.2f%% (epoch %d), last %.2f%%", result.metric,
+               result.best_top1, result.best_epoch, result.last_top1)
   return result

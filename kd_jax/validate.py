@@ -48,10 +48,14 @@ RULES = {
     "optim.eps": (_positive, "> 0"),
     "optim.warmup_epochs": (_non_negative, ">= 0"),
     "optim.min_lr": (_non_negative, ">= 0"),
+    "optim.warmup_steps": (_non_negative, ">= 0"),
+    "optim.warmup_factor": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "data.dataset": (DATASETS.__contains__, f"one of {', '.join(DATASETS)}"),
     "data.synthetic_train_size": (_non_negative, ">= 0"),
     "data.synthetic_test_size": (_non_negative, ">= 0"),
     "data.image_size": (_positive, "> 0"),
+    "data.period": (_positive, "> 0 (iterations between evaluations and checkpoints)"),
+    "data.max_boxes": (_positive, "> 0"),
     "data.num_threads": (_non_negative, ">= 0 (0: one per usable core)"),
     "data.worker_count": (lambda v: v >= -1, ">= -1 (-1: chosen from the host)"),
     "data.interpolation": (tuple(imagenet.INTERPOLATIONS).__contains__,
@@ -131,13 +135,16 @@ def check(config):
     raise UserError(f"config.optim.warmup_epochs={optim.warmup_epochs} must be < num_epochs "
                     f"({config.num_epochs}) and config.optim.min_lr={optim.min_lr} <= "
                     f"config.optim.lr={optim.lr}")
-  for model in (config.student.model, config.teacher.model):
-    models.pooled_dim(model)  # an unknown name: UserError listing the valid ones
+  models.pooled_dim(config.student.model)  # an unknown name: UserError listing the valid ones
   if config.student.drop_path_rate and not models.has_drop_path(config.student.model):
     raise UserError(f"config.student.drop_path_rate={config.student.drop_path_rate} needs a "
                     f"student with stochastic depth (a transformer); "
                     f"{config.student.model} has none")
   method = methods.create(config.method)
+  task = feeders.DATASETS[config.data.dataset][1].task
+  if method.task != task:
+    raise UserError(f"method {config.method.name!r} trains {method.task}; "
+                    f"config.data.dataset={config.data.dataset!r} is a {task} dataset")
   batch_augment.BatchAugment.from_config(config).check(config.batch_size, method)
   if method.needs_distillation_token and not models.has_distillation_token(config.student.model):
     raise UserError(f"method {config.method.name!r} trains a distillation token: the student "
@@ -152,6 +159,7 @@ def check(config):
     raise UserError(f"method {config.method.name!r} makes {method.num_views} views of each image "
                     f"on the device; {config.data.dataset} is augmented on the host")
   if method.needs_teacher:
+    models.pooled_dim(config.teacher.model)
     _check_teacher(config.teacher)
     if not config.teacher.checkpoint:
       check(teacher_bootstrap_config(config))

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from kd_jax.data import augment, batching, cifar, image_folder, imagenet, parallelism
+from kd_jax.data import augment, batching, cifar, detection_feeder, image_folder, imagenet
+from kd_jax.data import parallelism
 from kd_jax.errors import UserError
 
 _CLASS_MEAN_STREAM = 0xC1A55  # key stream of the training-split pass's augmentation
@@ -75,6 +76,7 @@ def _batch_sharding(mesh):
 class DeviceFeeder:
   """The whole split on the devices; each step gathers its batch by index from a
   per-epoch permutation and augments it inside the jit, so the host only dispatches."""
+  task = "classification"
 
   def __init__(self, dataset: cifar.Dataset, config, mesh):
     self.info = DataInfo(config.data.dataset, config.data.source, dataset.num_classes,
@@ -174,6 +176,7 @@ class HostFeeder:
   exact next batch. An image that does not decode stops the run naming its file, or with
   config.data.bad_images='skip' is skipped (kd_jax.data.imagenet) and counted:
   `skipped_images` is the number of distinct files skipped so far in this session."""
+  task = "classification"
 
   def __init__(self, host_data: HostData, config, mesh):
     settings = config.data
@@ -321,6 +324,7 @@ DATASETS: dict[str, tuple[Callable[[Any], Any], type]] = {
     "cifar100": (_load_cifar, DeviceFeeder),
     "imagenet2012": (_load_imagenet, HostFeeder),
     "image_folder": (_load_image_folder, HostFeeder),
+    "coco": (detection_feeder.load, detection_feeder.DetectionFeeder),
 }
 
 

@@ -9,6 +9,7 @@ from kd_jax.methods.cskd import CSKD
 from kd_jax.methods.cskd_mv import CSKDMultiView
 from kd_jax.methods.ctkd import CTKD
 from kd_jax.methods.deit import DeiT, DeiTND
+from kd_jax.methods.detector import Detector
 from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
@@ -50,6 +51,7 @@ METHODS: dict[str, type[Method]] = {
     "ctkd": CTKD,
     "deit": DeiT,
     "deit_nd": DeiTND,
+    "detector": Detector,
 }
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 

@@ -46,6 +46,7 @@ class Aux(NamedTuple):
   extras: Any = None  # the module of Method.extras (or None)
   frozen: Any = None  # the pytree of Method.frozen (or None)
   index: Any = None  # int32 [B]: each example's index in the training split
+  key: Any = None  # a PRNG key of this step, for what the method samples (detection RoIs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,8 @@ class Method:
   needs_feature_maps = False
   # True: the loss trains a distilled DeiT's two heads (features['cls_logits'/'dist_logits']).
   needs_distillation_token = False
+  # The dataset kind the method trains on: 'classification' or 'detection' (a feeder's).
+  task = "classification"
 
   def __post_init__(self):
     check_fields(self)
@@ -157,6 +160,25 @@ class Method:
     """The pytree this loss reads and never changes (from the teacher, the data), or None."""
     del setup
     return None
+
+  def forward(self, trainable, teacher, views, targets, epoch, aux: Aux):
+    """The networks on one batch and the loss: (total, metrics), inside the step's
+    value_and_grad. `trainable` holds the student (and `extras`); `teacher` the frozen
+    teacher module or None. Classification: the teacher and the student on the same
+    views, then `loss`, plus the student's batch top-1 as a metric. A method of another
+    task (detection: the teacher on the student's sampled RoIs) overrides this."""
+    single = self.num_views == 1
+    teacher_out = None
+    if teacher is not None:
+      teacher_out = [ModelOutput(*teacher(view, train=self.teacher_batch_statistics))
+                     for view in views]  # any BatchNorm statistics it updates are dropped
+      teacher_out = jax.lax.stop_gradient(teacher_out[0] if single else tuple(teacher_out))
+    student_out = [ModelOutput(*trainable.student(view, train=True)) for view in views]
+    total, terms = self.loss(student_out[0] if single else tuple(student_out), teacher_out,
+                             targets, epoch, aux)
+    labels = getattr(targets, "labels", targets)
+    top1 = 100 * jnp.mean(jnp.argmax(student_out[0].logits, -1) == labels)
+    return total, terms | {"top1": top1}
 
   def loss(self, student, teacher, labels, epoch, aux: Aux):
     raise NotImplementedError

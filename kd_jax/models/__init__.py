@@ -26,10 +26,13 @@ indices line up. Leaf names and layouts:
 BatchNorms are layers.BatchNorm (an nnx.BatchNorm whose running_var uses the unbiased
 batch variance, as PyTorch), eps 1e-5, momentum 0.1 in PyTorch terms.
 """
+import dataclasses
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from kd_jax.detection import faster_rcnn
 from kd_jax.errors import UserError
 from kd_jax.models import cifar_resnet
 from kd_jax.models import imagenet_resnet
@@ -51,6 +54,28 @@ for _family in (cifar_resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1,
   _REGISTRY.update(_family.MODELS)
 
 
+def _detector(backbone):
+  """A Faster R-CNN R-FPN on `backbone` (kd_jax.detection; its pooled width is the box
+  head's 1024): the model options are DetectorConfig's fields and freeze_at."""
+  def build(num_classes, *, rngs, dtype, freeze_at=2, **options):
+    fields = {field.name for field in dataclasses.fields(faster_rcnn.DetectorConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+      raise UserError(f'{", ".join(unknown)}: not an option of a detector '
+                      f'(config.student.options); valid: freeze_at, {", ".join(sorted(fields))}')
+    options = {key: tuple(value) if isinstance(value, list) else value
+               for key, value in options.items()}
+    config = faster_rcnn.DetectorConfig(num_classes=num_classes, **options)
+    return faster_rcnn.create(backbone, config, freeze_at=freeze_at, dtype=dtype, rngs=rngs)
+  return build
+
+
+DETECTORS = {f"faster_rcnn_{backbone}_FPN": (_detector(backbone),
+                                              faster_rcnn.WIDTHS.get(backbone, (0, 1024))[1])
+             for backbone in faster_rcnn.BOTTOM_UP}
+_REGISTRY.update(DETECTORS)
+
+
 def names():
   """Sorted list of registered model names."""
   return sorted(_REGISTRY)
@@ -70,17 +95,21 @@ CLASSIFIER_INITS = ('zoo', 'normal_0.01', 'zero_bias')
 
 
 def create(name, num_classes=100, *, rngs, dtype=jnp.float32, classifier_init='zoo',
-           drop_path_rate=0.0):
+           drop_path_rate=0.0, **options):
   """Builds model `name`; params are float32, `dtype` is the computation dtype.
 
   `drop_path_rate`: stochastic depth, for the models that have it (the transformers).
+  `options` (config.student.options): a detector's settings (DETECTORS), none elsewhere.
   """
   constructor, _ = _lookup(name)
+  if options and name not in DETECTORS:
+    raise UserError(f'model {name!r} takes no options (config.student.options): got '
+                    f'{", ".join(sorted(options))}')
   if drop_path_rate and not has_drop_path(name):
     raise UserError(f'model {name!r} has no stochastic depth: drop_path_rate must be 0, got '
                     f'{drop_path_rate}')
   kwargs = {'drop_path_rate': drop_path_rate} if drop_path_rate else {}
-  model = constructor(num_classes, rngs=rngs, dtype=dtype, **kwargs)
+  model = constructor(num_classes, rngs=rngs, dtype=dtype, **kwargs, **options)
   if classifier_init not in CLASSIFIER_INITS:
     raise UserError(f'unknown classifier_init {classifier_init!r}; valid: '
                     f'{", ".join(CLASSIFIER_INITS)}')
