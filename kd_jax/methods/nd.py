@@ -14,9 +14,10 @@ means (`frozen['base']`), and the base's loss sees its own as before. Multi-view
 (MLKD, multi-view CSKD): ND sees the weak (first) view only, the view their confidence
 masks come from.
 
-The published combinations change their base's warm-up too (KD++ warms the KD term up,
-DKD++ counts epochs from 0, DIST++ / ReviewKD++ likewise): those are the subclasses below
-and in dist.py / reviewkd.py. CSKD+ND is the plain add-on (unpublished).
+The published combinations change their base's warm-up too: KD++ warms the KD term up and
+DKD++ counts DKD's from epoch 0 (the subclasses below), ReviewKD++ counts from 0 as well
+(reviewkd.ReviewKDND); DIST++ is the plain add-on on DIST with its optional warm-up set, and
+CSKD+ND the plain add-on (unpublished).
 KD++  = CE + min(1, e/warmup) kd_weight KD(T) + nd_weight ND
 DKD++ = CE + min(1, e/warmup) DKD(alpha, beta, T) + nd_weight ND
         (with `warmup_nd`, as the authors' ImageNet DKD++: the ND term warmed up too)
@@ -134,7 +135,11 @@ class NDExtras(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class WithND(_WithND):
-  """ND added to the method after it in the MRO: `class X(WithND, Base)` (see with_nd)."""
+  """ND added to the method after it in the MRO: `class X(WithND, Base)` (see with_nd).
+
+  `super(_WithND, self)` is that base method (the MRO runs X, WithND, _WithND, Base, ...);
+  `_WithND`'s own methods give ND's head, class means and card line.
+  """
   nd_weight: float = non_negative(1.0)
   nd_warmup_epochs: int = non_negative(0)
 
@@ -156,11 +161,10 @@ class WithND(_WithND):
             | _WithND.describe_extras(self, student_dim, teacher_dim))
 
   def loss(self, student, teacher, labels, epoch, aux):
-    extras, head = aux.extras, aux.extras
-    if isinstance(extras, NDExtras):
-      extras, head = extras.base, extras.head
-    else:
-      extras = None
+    if isinstance(aux.extras, NDExtras):
+      extras, head = aux.extras.base, aux.extras.head
+    else:  # the base has no extras: aux.extras is ND's head (or None)
+      extras, head = None, aux.extras
     frozen = aux.frozen.get("base") if isinstance(aux.frozen, dict) else None
     total, metrics = super(_WithND, self).loss(student, teacher, labels, epoch,
                                                aux._replace(extras=extras, frozen=frozen))
