@@ -70,7 +70,7 @@ def _central_differences(f, x, eps=1e-6):
   return grad
 
 
-# ------------------------------------------------- fixed inputs (as /tmp/nd_snapshot.py drew them)
+# ------------------------------------ fixed inputs (drawn as when RECORDED was recorded)
 
 RNG = np.random.default_rng(42)
 B, C, D, D_T = 8, 6, 5, 7
