@@ -6,8 +6,9 @@
   python main.py --config=configs/imagenet_nd.py:kd_nd,vitb_res18 --workdir=runs/in_kdnd_vitb_res18 \
       --config.data.data_dir=DATA_DIR
 
-arg: 'BASE,PAIR' with BASE kd_nd (KD++) or dkd_nd (DKD++), PAIR res34_res18, res50_mbv1,
-vits_res18, vitb_res18, smoke or smoke_vit; a bare PAIR means kd_nd. The authors' ImageNet code
+arg: 'BASE,PAIR' with BASE kd_nd (KD++), dkd_nd (DKD++) or reviewkd_nd (ReviewKD++, CNN pairs
+only), PAIR res34_res18, res50_mbv1, vits_res18, vitb_res18, smoke or smoke_vit; a bare PAIR
+means kd_nd. The authors' ImageNet code
 (WangYZ1608/Knowledge-Distillation-via-ND, ImageNet/train_kd.py, train_dkd.py, train.sh):
 the loss warm-up min(1, e/5) with e counted from 0 (KD++: on the KD term; DKD++: on the
 DKD *and* the ND term), T = 1, SGD Nesterov, batch 512, lr 0.2 x0.1 at 30/60/90; the
@@ -30,6 +31,17 @@ the authors' EmbTrans init loop runs over the wrapped student too, so the studen
 is also drawn from N(0, 0.01^2) (student.classifier_init = normal_0.01). Their scripts
 load `ckpt/vitb/center_emb_train.json` whatever the teacher (ViT-S needs its own 384-d
 means, which kd_jax computes from the teacher).
+
+ReviewKD++ (ND ImageNet/ReviewKD++/train_reviewkd.py, train_reviewkd.sh, models/reviewkd.py):
+CE + min(1, e/5) w HCL + nd ND, e from 0, batch 512, lr 0.2, Nesterov, wd 1e-4, x0.1 at
+30/60/90, 100 epochs; both sides' levels pre-ReLU (their ResNets' last block of a stage
+skips its ReLU, MobileNetV1 extract_feature(preReLU=True)), the teacher's four stages plus
+its pooled feature against the student's; ABF middle width 512 (ResNet-18) / 256
+(MobileNetV1). Weights (w, nd) from train_reviewkd.sh's table: R34->R18 1.0, 3.0;
+R50->MV1 8.0, 4.0 (its example command, R50->MV1 with 6.0 / 1.0, calls train_dkd.py, not
+this script). The ReviewKD wrapper's init loop zeroes every Linear bias, the student's
+classifier's included, and leaves the projection head's weight at PyTorch's default
+(head_init and student.classifier_init zero_bias).
 """
 from configs import imagenet_common
 
@@ -38,6 +50,9 @@ BASES = {
                   warmup_epochs=5, head_init="normal_0.01"),
     "dkd_nd": dict(name="dkd_nd", ce_weight=1.0, alpha=0.8, beta=0.5, temperature=1.0,
                    nd_weight=1.0, warmup_epochs=5, warmup_nd=True, head_init="normal_0.01"),
+    "reviewkd_nd": dict(name="reviewkd_nd", ce_weight=1.0, reviewkd_weight=1.0, warmup_epochs=5,
+                        student_preact=True, max_mid_channel=512, nd_weight=1.0,
+                        head_init="zero_bias"),
 }
 WEIGHTS = {
     "kd_nd": {"res34_res18": dict(kd_weight=2.5, nd_weight=1.0),
@@ -48,6 +63,9 @@ WEIGHTS = {
                "res50_mbv1": dict(alpha=0.8, beta=1.0, nd_weight=1.0),
                "vits_res18": dict(alpha=1.0, beta=1.0, nd_weight=2.0),
                "vitb_res18": dict(alpha=1.4, beta=0.5, nd_weight=2.0)},
+    "reviewkd_nd": {"res34_res18": dict(reviewkd_weight=1.0, nd_weight=3.0),
+                    "res50_mbv1": dict(reviewkd_weight=8.0, nd_weight=4.0,
+                                       max_mid_channel=256)},
 }
 
 # Pairs whose student the authors wrap in EmbTrans (whose init loop re-draws its classifier).
@@ -58,8 +76,16 @@ def get_config(arg="kd_nd,res34_res18"):
   base, _, pair = arg.rpartition(",") if "," in arg else ("kd_nd", "", arg)
   if base not in BASES:
     raise ValueError(f"unknown ND base {base!r}; valid: {', '.join(BASES)}")
+  if base == "reviewkd_nd" and imagenet_common.is_vit_pair(pair):
+    raise ValueError(f"reviewkd_nd runs on the CNN pairs (res34_res18, res50_mbv1, smoke), "
+                     f"not {pair!r}: the ND authors' ReviewKD++ has no ViT teacher")
   config = imagenet_common.get_base(BASES[base], pair, WEIGHTS[base])
   config.optim.nesterov = True
+  if base == "reviewkd_nd":
+    config.student.classifier_init = "zero_bias"
+    config.source = ("ND authors' ImageNet/ReviewKD++/train_reviewkd.py, train_reviewkd.sh "
+                     "(WangYZ1608/Knowledge-Distillation-via-ND; METHODS.md 12)")
+    return config
   if pair in EMBTRANS_WRAPPED or imagenet_common.is_vit_pair(pair):
     config.student.classifier_init = "normal_0.01"
   config.source = ("ND authors' ImageNet/train_kd.py, train_dkd.py, train.sh "

@@ -178,17 +178,19 @@ def test_grouped_batchnorm_normalises_each_group_and_tracks_the_first():
   np.testing.assert_allclose(bn(x, use_running_average=True), 1.5 * running - 0.5, atol=2e-5)
 
 
-@pytest.mark.parametrize("scheme", ["normal_0.01", "zero_bias"])
+@pytest.mark.parametrize("scheme", ["normal_0.01", "zero_bias", "normal_0.01_zero_bias"])
 def test_classifier_init_schemes(scheme):
   zoo = models.create("resnet20", 100, rngs=nnx.Rngs(0))
   model = models.create("resnet20", 100, rngs=nnx.Rngs(0), classifier_init=scheme)
   kernel, bias = np.asarray(model.fc.kernel[...]), np.asarray(model.fc.bias[...])
   if scheme == "zero_bias":
     np.testing.assert_array_equal(kernel, zoo.fc.kernel[...])
+  else:
+    assert abs(kernel.std() - 0.01) < 0.0005 and abs(kernel.mean()) < 0.001
+  if scheme.endswith("zero_bias"):
     assert not bias.any()
   else:
-    assert abs(kernel.std() - 0.01) < 0.0005 and abs(bias.std() - 0.01) < 0.003
-    assert abs(kernel.mean()) < 0.001
+    assert abs(bias.std() - 0.01) < 0.003
   np.testing.assert_array_equal(model.conv1.kernel[...], zoo.conv1.kernel[...])  # rest as the zoo
   with pytest.raises(UserError, match="classifier_init"):
     models.create("resnet20", 100, rngs=nnx.Rngs(0), classifier_init="xavier")

@@ -6,9 +6,12 @@ import sys
 
 import pytest
 
+import importlib
+
 from configs import (cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_ctkd, cifar_dist, cifar_dkd,
                      cifar_kd, cifar_ls, cifar_mlkd, cifar_nd, imagenet_dkd, imagenet_kd,
-                     imagenet_nd)
+                     imagenet_nd, imagenet_reviewkd)
+from kd_jax import methods, models
 from kd_jax.tools import recipe
 
 # METHODS.md 6b: the benchmark's 11 pairs and the LS/MLKD tables' 5 more.
@@ -31,6 +34,18 @@ KD_ND = {"res56_res20": (1.0, 2.0), "res32x4_res8x4": (3.5, 2.0), "wrn40_2_wrn40
 DKD_ND = {"res56_res20": (2.5, 4.0, 3.5), "res32x4_res8x4": (2.0, 8.0, 0.5),
           "wrn40_2_wrn40_1": (1.0, 6.0, 1.0), "res50_mbv2": (0.5, 8.0, 1.0),
           "res32x4_shuv1": (0.5, 8.0, 4.0), "res32x4_shuv2": (0.5, 6.0, 0.5)}
+# METHODS.md 12: DIST++ (kd, nd, lr) from CIFAR/DIST++/train_dist.sh; ReviewKD++ (kd, nd)
+# from CIFAR/ReviewKD++/train_reviewkd.sh.
+DIST_ND = {"res56_res20": (2.0, 1.0, 0.1), "res32x4_res8x4": (1.5, 4.0, 0.1),
+           "wrn40_2_wrn40_1": (2.5, 3.0, 0.1), "res50_mbv2": (7.0, 1.0, 0.1),
+           "res32x4_shuv1": (2.5, 3.0, 0.1), "res32x4_shuv2": (3.0, 4.0, 0.02)}
+REVIEWKD_ND = {"res56_res20": (1.2, 1.0), "res32x4_res8x4": (8.0, 1.0),
+               "wrn40_2_wrn40_1": (5.0, 4.0), "res50_mbv2": (6.0, 2.0),
+               "res32x4_shuv1": (7.0, 1.0), "res32x4_shuv2": (8.0, 1.5)}
+# METHODS.md 12, ND README: DIST, DIST++, ReviewKD++.
+PUBLISHED_ND = {"res56_res20": (71.78, 72.52, 72.05), "wrn40_2_wrn40_1": (74.42, 75.00, 75.66),
+                "res32x4_res8x4": (75.79, 76.13, 76.07), "res50_mbv2": (69.17, 69.80, 70.45),
+                "res32x4_shuv1": (75.23, 75.60, 77.68), "res32x4_shuv2": (76.08, 76.64, 77.93)}
 # METHODS.md 3b, from the LS repository's log names: KD+LS (T, W); DKD+LS (T, W, beta).
 KD_LS = {"res56_res20": (2, 9), "res110_res32": (2, 9), "res32x4_res8x4": (2, 9),
          "wrn40_2_wrn16_2": (2, 9), "wrn40_2_wrn40_1": (2, 9), "vgg13_vgg8": (3, 9),
@@ -203,6 +218,60 @@ def test_nd_cards(pair):
       assert f"-> {dims}), init zero_bias" in card["head"]
 
 
+HCL = "HCL(ABF(student stages + pooled), teacher pre-ReLU stages + pooled)"
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_dist_pp_and_reviewkd_pp_cards(pair):
+  """The ND authors' recipe (as KD++'s) with DIST++ / ReviewKD++'s per-pair weights; pairs
+  they did not publish: the defaults (1, 1)."""
+  teacher, student = PAIRS[pair]
+  kd, nd, lr = DIST_ND.get(pair, (1.0, 1.0, 0.1))
+  review_kd, review_nd = REVIEWKD_ND.get(pair, (1.0, 1.0))
+  for base, loss, lr, init in (
+      ("dist_nd", f"1 CE + min(1, e/20) DIST(beta={kd:g}, gamma={kd:g}, T=4) + {nd:g} ND", lr,
+       "normal_0.01" if student.startswith("resnet") else "zero_bias"
+       if student in ("wrn_40_1", "MobileNetV2", "ShuffleV1", "ShuffleV2") else None),
+      ("reviewkd_nd", f"1 CE + min(1, e/20) {review_kd:g} {HCL} + {review_nd:g} ND", 0.1,
+       "normal_0.01_zero_bias" if student.startswith("resnet") else "zero_bias")):
+    card = _card(cifar_nd, f"{base},{pair}")
+    _check(card, lr=lr, epochs=240, batch=128, loss=loss, optimizer=NESTEROV)
+    assert card["student"].endswith("BatchNorm statistics per 64 samples")
+    assert (f"classifier init {init}," in card["student"]) if init else (
+        "classifier init" not in card["student"])
+    widths = models.pooled_dim(student), models.pooled_dim(teacher)
+    assert ("head" in card) == (widths[0] != widths[1])
+    if pair in PUBLISHED_ND:
+      name, number = {"dist_nd": ("DIST++", 1), "reviewkd_nd": ("ReviewKD++", 2)}[base]
+      assert card["published"] == f"{name} {PUBLISHED_ND[pair][number]:.2f} (ND authors' README)"
+  if pair in PUBLISHED_ND:
+    assert _card(cifar_dist, pair)["published"] == (
+        f"DIST {PUBLISHED_ND[pair][0]:.2f} (ND authors' README)")
+
+
+ND_ON_BASES = [name for name in methods.METHODS if not name.endswith("_nd")
+               and name not in methods.ND_REFUSED and name != "deit"
+               and f"{name}_nd" not in cifar_nd.BASES]
+
+
+@pytest.mark.parametrize("base", ND_ON_BASES)
+def test_nd_on_any_base_is_the_base_card_plus_nd(base):
+  """Every pair: the base's own card, its loss + 1 ND (the weak view's for two views), the
+  projection head where the pooled widths differ, and a source naming the addition."""
+  module = importlib.import_module(f"configs.cifar_{base}")
+  weak = " (weak view)" if methods.METHODS[base].num_views == 2 else ""
+  for pair, (teacher, student) in PAIRS.items():
+    card, base_card = _card(cifar_nd, f"{base}_nd,{pair}"), _card(module, pair)
+    assert card["loss"].split(" (e: ")[0] == base_card["loss"].split(" (e: ")[0] + f" + 1 ND{weak}"
+    assert card["follows"] == base_card["follows"] + "; + ND (METHODS.md 12, unpublished: nd_weight 1)"
+    ds, dt = models.pooled_dim(student), models.pooled_dim(teacher)
+    head = {"head": f"BatchNorm1d -> Dropout(0.5) -> Linear({ds} -> {dt}), init zero_bias; "
+                    "feeds ND only, not saved with the student"} if ds != dt else {}
+    rest = lambda c: {k: v for k, v in c.items() if k not in ("loss", "follows", "published")}
+    assert rest(card) == rest(base_card) | head, pair
+    assert "published" not in card
+
+
 @pytest.mark.parametrize("model,lr", [("resnet56", 0.05), ("ShuffleV2", 0.01)])
 def test_teacher_training_cards(model, lr):
   _check(_card(cifar_ce, model), lr=lr, epochs=240, batch=64, loss="CE")
@@ -236,6 +305,34 @@ def test_imagenet_cards(pair, kd_nd, dkd_nd, dkd_beta):
   for base in ("kd_nd", "dkd_nd"):
     init = imagenet_nd.get_config(f"{base},{pair}").student.classifier_init
     assert init == ("normal_0.01" if pair == "res50_mbv1" else "zoo")
+
+
+@pytest.mark.parametrize("pair,weights,mid,published", [
+    ("res34_res18", (1.0, 3.0), 512, (71.62, 71.64)),
+    ("res50_mbv1", (8.0, 4.0), 256, (72.56, 72.96))])
+def test_imagenet_reviewkd_cards(pair, weights, mid, published):
+  """ReviewKD: mdistiller's imagenet yamls; ReviewKD++: ND ImageNet/ReviewKD++ (METHODS.md 12)."""
+  hcl = HCL.replace("student stages", "student pre-ReLU stages")
+  card = _card(imagenet_reviewkd, pair)
+  assert card["loss"].split(" (e: ")[0] == f"1 CE + min(1, (e+1)/1) {weights[0]:g} {hcl}"
+  assert card["lr"] == "0.1, x0.1 at epochs 30, 60, 90"
+  assert card["schedule"].startswith(f"100 epochs x {1_281_167 // 256} steps of batch 256 ")
+  assert card["optimizer"] == "SGD momentum 0.9, weight decay 0.0001 on all parameters"
+  assert f"to {mid} channels" in card["connectors"]
+  assert card["published"] == f"ReviewKD {published[0]:.2f} (ND authors' README (ReviewKD row))"
+  card = _card(imagenet_nd, f"reviewkd_nd,{pair}")
+  assert card["loss"].split(" (e: ")[0] == (f"1 CE + min(1, e/5) {weights[0]:g} {hcl} + "
+                                            f"{weights[1]:g} ND")
+  assert card["lr"] == "0.2, x0.1 at epochs 30, 60, 90"
+  assert card["schedule"].startswith(f"100 epochs x {1_281_167 // 512} steps of batch 512 ")
+  assert card["optimizer"] == "SGD momentum 0.9, Nesterov, weight decay 0.0001 on all parameters"
+  assert f"to {mid} channels" in card["connectors"]
+  assert "classifier init zero_bias," in card["student"]
+  assert ("head" in card) == (pair == "res50_mbv1")
+  if "head" in card:
+    assert card["head"].startswith("BatchNorm1d -> Dropout(0.5) -> Linear(1024 -> 2048), "
+                                   "init zero_bias")
+  assert card["published"] == f"ReviewKD++ {published[1]:.2f} (ND authors' README)"
 
 
 def test_published_number_and_source_on_the_card():

@@ -166,6 +166,12 @@ def test_published_lookup():
   assert published.lookup("KD", "wrn_40_2", "ShuffleV1") == 74.83
   assert "logit standardization" in published.SOURCES[("KD", "wrn_40_2", "MobileNetV2")]
   assert published.published_method({"name": "cskd", "nd_weight": 1.0}) is None
+  assert published.published_method({"name": "dist", "warmup_epochs": 0}) == "DIST"
+  assert published.published_method({"name": "dist_nd", "nd_weight": 4.0}) == "DIST++"
+  assert published.published_method({"name": "reviewkd_nd", "nd_weight": 1.0}) == "ReviewKD++"
+  assert published.published_method({"name": "crd_nd", "nd_weight": 1.0}) is None
+  assert published.lookup("DIST++", "ResNet50", "MobileNetV2") == 69.80
+  assert published.lookup("ReviewKD++", "imagenet_resnet50", "imagenet_mobilenetv1") == 72.96
   config = {"data": {"dataset": "cifar10"}, "student": {"model": "resnet20"},
             "teacher": {"model": "resnet56"}, "method": KD}
   assert published.for_config(config) is None  # CIFAR-100 numbers, not CIFAR-10

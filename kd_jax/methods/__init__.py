@@ -1,4 +1,9 @@
-"""Distillation methods: name -> dataclass, built from `config.method` (see base.py)."""
+"""Distillation methods: name -> dataclass, built from `config.method` (see base.py).
+
+Every method with a teacher also exists with ND added (METHODS.md 12) as `<name>_nd`
+(kd_jax.methods.nd.with_nd); kd_nd, dkd_nd, dist_nd, reviewkd_nd are the published ++
+versions, deit_nd is DeiT++. ND_REFUSED says why the others are not.
+"""
 import dataclasses
 
 from kd_jax.errors import UserError
@@ -15,14 +20,14 @@ from kd_jax.methods.dkd import DKD
 from kd_jax.methods.kd import KD
 from kd_jax.methods.kdsvd import KDSVD
 from kd_jax.methods.mlkd import MLKD
-from kd_jax.methods.nd import CSKDND, DKDND, KDND
+from kd_jax.methods.nd import CSKDND, DKDND, KDND, with_nd
 from kd_jax.methods.at import AT
 from kd_jax.methods.fitnet import FitNet
 from kd_jax.methods.nst import NST
 from kd_jax.methods.pkt import PKT
 from kd_jax.methods.rkd import RKD
 from kd_jax.methods.sp import SP
-from kd_jax.methods.reviewkd import ReviewKD
+from kd_jax.methods.reviewkd import ReviewKD, ReviewKDND
 from kd_jax.methods.ofd import OFD
 from kd_jax.methods.vid import VID
 
@@ -45,6 +50,7 @@ METHODS: dict[str, type[Method]] = {
     "rkd": RKD,
     "crd": CRD,
     "reviewkd": ReviewKD,
+    "reviewkd_nd": ReviewKDND,
     "vid": VID,
     "kdsvd": KDSVD,
     "ofd": OFD,
@@ -53,6 +59,13 @@ METHODS: dict[str, type[Method]] = {
     "deit_nd": DeiTND,
     "detector": Detector,
 }
+# Bases ND cannot be added to, with the reason (a one-line config error).
+ND_REFUSED = {
+    "ce": "cross-entropy alone has no teacher, so ND has no teacher embedding or class means",
+}
+METHODS.update({f"{name}_nd": with_nd(cls) for name, cls in list(METHODS.items())
+                if not name.endswith("_nd") and f"{name}_nd" not in METHODS
+                and name not in ND_REFUSED})
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 
 
@@ -60,6 +73,7 @@ def defaults(name, **overrides) -> dict:
   """`config.method` for method `name`: every field at its dataclass default, then
   `overrides` (a recipe's settings). Configs start here, so config.json lists every
   field a run used, and a misspelt field fails when the config is built."""
+  check_not_refused(name)
   if name not in METHODS:
     raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
   fields = {f.name: f.default for f in dataclasses.fields(METHODS[name])}
@@ -70,6 +84,13 @@ def defaults(name, **overrides) -> dict:
   return {"name": name, **fields, **overrides}
 
 
+def check_not_refused(name):
+  """`<base>_nd` for a base of ND_REFUSED: a one-line UserError saying why."""
+  base = name[:-len("_nd")] if isinstance(name, str) and name.endswith("_nd") else None
+  if base in ND_REFUSED:
+    raise UserError(f"method {name!r}: ND cannot be added to {base!r}: {ND_REFUSED[base]}")
+
+
 def create(method_config) -> Method:
   """Builds the method named `method_config.name` from the config's other fields.
 
@@ -77,6 +98,7 @@ def create(method_config) -> Method:
   """
   settings = dict(method_config)
   name = settings.pop("name", None)
+  check_not_refused(name)
   if name not in METHODS:
     raise UserError(f"unknown method {name!r} (config.method.name); valid: {', '.join(METHODS)}")
   cls = METHODS[name]
@@ -94,5 +116,5 @@ def create(method_config) -> Method:
   return cls(**settings)
 
 
-__all__ = ["METHODS", "Aux", "Method", "ModelOutput", "Setup", "create", "cross_entropy",
+__all__ = ["METHODS", "ND_REFUSED", "Aux", "Method", "ModelOutput", "Setup", "create", "cross_entropy",
            "defaults"]

@@ -1,14 +1,26 @@
-"""ND, feature norm and direction (METHODS.md 5), combined with KD, DKD and CSKD.
+"""ND, feature norm and direction (METHODS.md 5, 12): an add-on to any method with a teacher.
 
+`with_nd(Base)` is Base's loss plus the ND term, written once for every base:
+
+  total = Base.loss + s(e) nd_weight ND,   s(e) = min(1, e/nd_warmup_epochs) (1 when 0)
+
+with e the 0-based epoch, as the ND authors count. When the student's pooled width
+differs from the teacher's, ND sees the student feature through a projection head
+BatchNorm1d -> Dropout(0.5) -> Linear(d_s, d_t), trained with the student. The teacher's
+class means are frozen: one pass of the frozen teacher over the training split, cached
+beside the teacher checkpoint. A base's own extras and ND's head live in one extras module
+(`NDExtras`; just the head when the base has none), its frozen pytree beside the class
+means (`frozen['base']`), and the base's loss sees its own as before. Multi-view bases
+(MLKD, multi-view CSKD): ND sees the weak (first) view only, the view their confidence
+masks come from.
+
+The published combinations change their base's warm-up too: KD++ warms the KD term up and
+DKD++ counts DKD's from epoch 0 (the subclasses below), ReviewKD++ counts from 0 as well
+(reviewkd.ReviewKDND); DIST++ is the plain add-on on DIST with its optional warm-up set, and
+CSKD+ND the plain add-on (unpublished).
 KD++  = CE + min(1, e/warmup) kd_weight KD(T) + nd_weight ND
 DKD++ = CE + min(1, e/warmup) DKD(alpha, beta, T) + nd_weight ND
         (with `warmup_nd`, as the authors' ImageNet DKD++: the ND term warmed up too)
-CSKD+ND = CE + weight [cskd(T) + cskd(T_i)] + nd_weight ND   (new: unpublished)
-with e the 0-based epoch, as the ND authors count. When the student's pooled width
-differs from the teacher's, ND sees the student feature through a projection head
-BatchNorm1d -> Dropout(0.5) -> Linear(d_s, d_t), trained with the student (the method's
-extras). The teacher's class means are its frozen extras: one pass of the frozen teacher
-over the training split, cached beside the teacher checkpoint.
 """
 import dataclasses
 
@@ -17,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax import evaluation, losses, models
+from kd_jax.errors import UserError
 from kd_jax.data import augment
 from kd_jax.models import layers
 from kd_jax.methods.base import Method, linear_warmup, one_of, positive, non_negative
@@ -86,7 +99,7 @@ def nd_norms(student_features, teacher):
 
 @dataclasses.dataclass(frozen=True)
 class _WithND(Method):
-  """What every ND combination owns: the projection head and the teacher class means."""
+  """What every ND method owns: the projection head and the teacher class means."""
   head_init: str = one_of("zero_bias", models.CLASSIFIER_INITS)
 
   @staticmethod
@@ -113,8 +126,74 @@ class _WithND(Method):
                     f"init {self.head_init}; feeds ND only, not saved with the student"}
 
 
+class NDExtras(nnx.Module):
+  """A base method's extras module beside ND's projection head (None: widths agree)."""
+
+  def __init__(self, base, head):
+    self.base, self.head = base, head
+
+
 @dataclasses.dataclass(frozen=True)
-class KDND(KD, _WithND):
+class WithND(_WithND):
+  """ND added to the method after it in the MRO: `class X(WithND, Base)` (see with_nd).
+
+  `super(_WithND, self)` is that base method (the MRO runs X, WithND, _WithND, Base, ...);
+  `_WithND`'s own methods give ND's head, class means and card line.
+  """
+  nd_weight: float = non_negative(1.0)
+  nd_warmup_epochs: int = non_negative(0)
+
+  def nd_scale(self, epoch):
+    """The ND weight's warm-up factor at `epoch` (0-based): 1 without a warm-up."""
+    return linear_warmup(epoch, self.nd_warmup_epochs) if self.nd_warmup_epochs else 1.0
+
+  def extras(self, setup):
+    base, head = super(_WithND, self).extras(setup), _WithND.extras(self, setup)
+    return head if base is None else NDExtras(base, head)
+
+  def frozen(self, setup):
+    base = super(_WithND, self).frozen(setup)
+    means = _WithND.frozen(self, setup)
+    return means if base is None else means | {"base": base}
+
+  def describe_extras(self, student_dim, teacher_dim):
+    return (super(_WithND, self).describe_extras(student_dim, teacher_dim)
+            | _WithND.describe_extras(self, student_dim, teacher_dim))
+
+  def loss(self, student, teacher, labels, epoch, aux):
+    if isinstance(aux.extras, NDExtras):
+      extras, head = aux.extras.base, aux.extras.head
+    else:  # the base has no extras: aux.extras is ND's head (or None)
+      extras, head = None, aux.extras
+    frozen = aux.frozen.get("base") if isinstance(aux.frozen, dict) else None
+    total, metrics = super(_WithND, self).loss(student, teacher, labels, epoch,
+                                               aux._replace(extras=extras, frozen=frozen))
+    if self.num_views > 1:  # the weak view, the first
+      student, teacher = student[0], teacher[0]
+    nd, norms = nd_term(student, teacher, labels, aux._replace(extras=head))
+    nd = self.nd_scale(epoch) * self.nd_weight * nd
+    return total + nd, metrics | {"nd": nd} | norms
+
+  def nd_formula(self):
+    """The ND term of the recipe card: its warm-up, weight and view."""
+    warmup = f"min(1, e/{self.nd_warmup_epochs}) " if self.nd_warmup_epochs else ""
+    view = " (weak view)" if self.num_views > 1 else ""
+    return f"{warmup}{self.nd_weight:g} ND{view}"
+
+  def formula(self):
+    return f"{super(_WithND, self).formula()} + {self.nd_formula()}"
+
+
+def with_nd(base):
+  """`base` + ND (METHODS.md 12): a dataclass with base's fields and ND's."""
+  cls = type(f"{base.__name__}ND", (WithND, base),
+             {"__doc__": f"{base.__name__} + nd_weight ND (METHODS.md 12).",
+              "__module__": __name__})
+  return dataclasses.dataclass(frozen=True)(cls)
+
+
+@dataclasses.dataclass(frozen=True)
+class KDND(WithND, KD):
   """KD++ (METHODS.md 5): KD with its term warmed up from 0, plus ND."""
   ce_weight: float = non_negative(1.0)
   kd_weight: float = non_negative(1.0)
@@ -124,47 +203,40 @@ class KDND(KD, _WithND):
   def kd_scale(self, epoch):
     return linear_warmup(epoch, self.warmup_epochs) * self.kd_weight
 
-  def loss(self, student, teacher, labels, epoch, aux):
-    total, terms = KD.loss(self, student, teacher, labels, epoch, aux)
-    nd, norms = nd_term(student, teacher, labels, aux)
-    return total + self.nd_weight * nd, terms | {"nd": self.nd_weight * nd} | norms
-
   def formula(self):
     return (f"{self.ce_weight:g} CE + min(1, e/{self.warmup_epochs}) {self.kd_weight:g} "
-            f"KD(T={self.temperature:g}) + {self.nd_weight:g} ND")
+            f"KD(T={self.temperature:g}) + {self.nd_formula()}")
 
 
 @dataclasses.dataclass(frozen=True)
-class DKDND(DKD, _WithND):
+class DKDND(WithND, DKD):
   """DKD++ (METHODS.md 5): DKD warmed up with epochs counted from 0, plus ND."""
-  nd_weight: float = non_negative(1.0)
   warmup_nd: bool = False
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.warmup_nd and self.nd_warmup_epochs:
+      raise UserError("config.method.warmup_nd (ND warmed up with DKD) and "
+                      "config.method.nd_warmup_epochs: set one")
 
   def warmup(self, epoch):
     return linear_warmup(epoch, self.warmup_epochs)
 
-  def loss(self, student, teacher, labels, epoch, aux):
-    total, terms = DKD.loss(self, student, teacher, labels, epoch, aux)
-    nd, norms = nd_term(student, teacher, labels, aux)
-    nd = (self.warmup(epoch) if self.warmup_nd else 1.0) * self.nd_weight * nd
-    return total + nd, terms | {"nd": nd} | norms
+  def nd_scale(self, epoch):
+    return self.warmup(epoch) if self.warmup_nd else super().nd_scale(epoch)
+
+  def nd_formula(self):
+    warmup = f"min(1, e/{self.warmup_epochs}) " if self.warmup_nd else ""
+    return warmup + super().nd_formula()
 
   def formula(self):
-    warmup = f"min(1, e/{self.warmup_epochs})"
-    return (f"{self.ce_weight:g} CE + {warmup} DKD(alpha={self.alpha:g}, beta={self.beta:g}, "
-            f"T={self.temperature:g}) + {warmup + ' ' if self.warmup_nd else ''}"
-            f"{self.nd_weight:g} ND")
+    return (f"{self.ce_weight:g} CE + min(1, e/{self.warmup_epochs}) DKD(alpha={self.alpha:g}, "
+            f"beta={self.beta:g}, T={self.temperature:g}) + {self.nd_formula()}")
 
 
 @dataclasses.dataclass(frozen=True)
-class CSKDND(CSKD, _WithND):
+class CSKDND(WithND, CSKD):
   """CSKD (+CSWT) + nd_weight ND: a combination no one has published."""
-  nd_weight: float = non_negative(1.0)
-
-  def loss(self, student, teacher, labels, epoch, aux):
-    total, metrics = CSKD.loss(self, student, teacher, labels, epoch, aux)
-    nd, norms = nd_term(student, teacher, labels, aux)
-    return total + self.nd_weight * nd, metrics | {"nd": self.nd_weight * nd} | norms
 
   def formula(self):
-    return CSKD.formula(self, extra=f" + {self.nd_weight:g} ND")
+    return CSKD.formula(self, extra=f" + {self.nd_formula()}")

@@ -34,6 +34,7 @@ import numpy as np
 
 from kd_jax import losses
 from kd_jax.methods.base import Method, cross_entropy, linear_warmup, non_negative, positive
+from kd_jax.methods.nd import WithND
 from kd_jax.models import layers
 
 # torch.nn.init.kaiming_uniform_(w, a=1): gain 1, bound sqrt(3 / fan_in).
@@ -190,3 +191,17 @@ class ReviewKD(Method):
                           "fusion with the deeper level upsampled nearest, 3x3 conv+BN to "
                           "the teacher level's width and size); trained with the student, "
                           "not saved with it"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewKDND(WithND, ReviewKD):
+  """ReviewKD++ (the ND authors' CIFAR/ReviewKD++/train_reviewkd.py, ImageNet/ReviewKD++/):
+  CE + min(1, e/warmup) reviewkd_weight HCL + nd_weight ND, epochs counted from 0."""
+
+  def warmup(self, epoch):
+    return linear_warmup(epoch, self.warmup_epochs)
+
+  def formula(self):
+    return (ReviewKD.formula(self).replace(f"(e+1)/{self.warmup_epochs}",
+                                           f"e/{self.warmup_epochs}")
+            + f" + {self.nd_formula()}")

@@ -90,8 +90,9 @@ def _lookup(name):
 # How an author's code re-initialises the classifier on top of the model's own init:
 # 'zoo' keeps it (mdistiller's); 'normal_0.01' draws weight and bias from N(0, 0.01^2)
 # (the ND authors' CIFAR ResNets); 'zero_bias' zeroes the bias (the ND authors' EmbTrans
-# init loop, which runs over the wrapped student too).
-CLASSIFIER_INITS = ('zoo', 'normal_0.01', 'zero_bias')
+# init loop, which runs over the wrapped student too); 'normal_0.01_zero_bias' both (a CIFAR
+# ResNet inside the ND authors' ReviewKD++ wrapper).
+CLASSIFIER_INITS = ('zoo', 'normal_0.01', 'zero_bias', 'normal_0.01_zero_bias')
 
 
 def create(name, num_classes=100, *, rngs, dtype=jnp.float32, classifier_init='zoo',
@@ -122,10 +123,10 @@ def create(name, num_classes=100, *, rngs, dtype=jnp.float32, classifier_init='z
 
 def reinit_linear(linear, scheme, rngs):
   """Applies one of CLASSIFIER_INITS (other than 'zoo') to an nnx.Linear in place."""
-  if scheme == 'normal_0.01':
+  if scheme.startswith('normal_0.01'):
     for param in (linear.kernel, linear.bias):
       param[...] = 0.01 * jax.random.normal(rngs.params(), param.shape, param.dtype)
-  elif scheme == 'zero_bias':
+  if scheme.endswith('zero_bias'):
     linear.bias[...] = jnp.zeros_like(linear.bias[...])
 
 

@@ -2,7 +2,7 @@
 
 Keys use kd_jax model names (kd_jax.models), so a run's config looks its numbers up
 directly. Sources: the mdistiller and CRD READMEs (teachers, students, KD, DKD), the ND
-authors' README (KD++, DKD++), the logit standardization README (+LS, CTKD, MLKD, and
+authors' README (KD++, DKD++, DIST, DIST++, ReviewKD++), the logit standardization README (+LS, CTKD, MLKD, and
 KD/DKD on its extra pairs), the CRD README (feature baselines, VID and CRD,
 METHODS.md 9), the ReviewKD row of the ND authors' README, and the ND README's
 transformer tables (ViT -> ResNet-18, RegNetY-16GF -> DeiT-B); `SOURCES` names the one of
@@ -125,6 +125,17 @@ _TABLES = (
          ("imagenet_resnet34", "imagenet_resnet18", 71.62),
          ("imagenet_resnet50", "imagenet_mobilenetv1", 72.56),
      )),
+    # DIST and the ND authors' DIST++ / ReviewKD++ rows (CIFAR-100 1.1, ImageNet 1.2).
+    ({"DIST": _ND, "DIST++": _ND, "ReviewKD++": _ND}, (
+         ("resnet56", "resnet20", 71.78, 72.52, 72.05),
+         ("wrn_40_2", "wrn_40_1", 74.42, 75.00, 75.66),
+         ("resnet32x4", "resnet8x4", 75.79, 76.13, 76.07),
+         ("ResNet50", "MobileNetV2", 69.17, 69.80, 70.45),
+         ("resnet32x4", "ShuffleV1", 75.23, 75.60, 77.68),
+         ("resnet32x4", "ShuffleV2", 76.08, 76.64, 77.93),
+         ("imagenet_resnet34", "imagenet_resnet18", None, None, 71.64),
+         ("imagenet_resnet50", "imagenet_mobilenetv1", None, None, 72.96),
+     )),
     # RepDistiller README, tables 1 (same architecture) and 2 (different architecture).
     ({"VID": _CRD}, (
          ("wrn_40_2", "wrn_16_2", 74.11),
@@ -178,7 +189,7 @@ def dataset_of(model):
 def published_method(method_config):
   """The published method a run's `config.method` reproduces ('KD', 'DKD++'...), or None.
 
-  KD/DKD/DeiT with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
+  KD/DKD/DeiT/DIST/ReviewKD with an ND term (a nonzero `nd*` weight, or a name like 'kd++' / 'kd_nd') map to
   the '++' variants, with logit standardization to '+LS'; MLKD to 'MLKD' or 'MLKD+LS';
   methods of NAMED map to their published name, CRD to 'CRD' (or 'CRD+KD' with a KD
   term), CTKD on KD with the global temperature to 'CTKD' / 'CTKD+LS' (DKD+CTKD and the
@@ -205,7 +216,8 @@ def published_method(method_config):
   base = name.replace("++", "")
   for suffix in ("_nd", "pp"):
     base = base[:-len(suffix)] if base.endswith(suffix) else base
-  base = {"kd": "KD", "dkd": "DKD", "deit": "DeiT"}.get(base)
+  base = {"kd": "KD", "dkd": "DKD", "deit": "DeiT", "dist": "DIST",
+          "reviewkd": "ReviewKD"}.get(base)
   return base and base + ("++" if with_nd else "")
 
 
