@@ -172,8 +172,12 @@ def trained_teacher(folder, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in methods.METHODS if methods.METHODS[n].num_views == 1])
+@pytest.mark.parametrize("name", [
+    n for n, cls in methods.METHODS.items() if cls.num_views == 1
+    and cls.task == "classification" and not hasattr(cls, "nd_base")])
 def test_every_method_runs_on_a_folder_from_main(folder, trained_teacher, tmp_path, name):
+  """Every classification method but the generated `<base>_nd` (one step of each of those:
+  test_nd_addon.py's slow every-base test)."""
   student = (["--config.student.model=deit_micro_distilled_patch16_64",  # two heads, 64 px
               "--config.data.image_size=64"]
              if methods.METHODS[name].needs_distillation_token else [])

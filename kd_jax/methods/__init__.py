@@ -62,10 +62,11 @@ METHODS: dict[str, type[Method]] = {
 # Bases ND cannot be added to, with the reason (a one-line config error).
 ND_REFUSED = {
     "ce": "cross-entropy alone has no teacher, so ND has no teacher embedding or class means",
+    "detector": "the detector alone has no teacher; ND on detection is configs/coco_kd.py",
 }
 METHODS.update({f"{name}_nd": with_nd(cls) for name, cls in list(METHODS.items())
                 if not name.endswith("_nd") and f"{name}_nd" not in METHODS
-                and name not in ND_REFUSED})
+                and name not in ND_REFUSED and cls.task == "classification"})
 TEACHER_TRAINING = "ce"  # what a teacher bootstrapped for a smoke run trains with
 
 

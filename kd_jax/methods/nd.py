@@ -188,7 +188,7 @@ def with_nd(base):
   """`base` + ND (METHODS.md 12): a dataclass with base's fields and ND's."""
   cls = type(f"{base.__name__}ND", (WithND, base),
              {"__doc__": f"{base.__name__} + nd_weight ND (METHODS.md 12).",
-              "__module__": __name__})
+              "__module__": __name__, "nd_base": base})
   return dataclasses.dataclass(frozen=True)(cls)
 
 
