@@ -96,14 +96,19 @@ class Run:
     return self.has_summary or self.epochs_done >= self.num_epochs
 
   @property
+  def metric(self):
+    """What the run's evaluations report: test top-1, or COCO box AP for detection."""
+    return "AP" if any("AP" in r for r in self.evals.values()) else "top1"
+
+  @property
   def best_top1(self):
-    """Best test top-1 over the epochs so far (None before the first evaluation)."""
-    return max((r["top1"] for r in self.evals.values()), default=None)
+    """Best test top-1 (AP) over the epochs so far (None before the first evaluation)."""
+    return max((r[self.metric] for r in self.evals.values()), default=None)
 
   @property
   def last_top1(self):
-    """Test top-1 after the latest evaluated epoch (the final one once finished)."""
-    return self.evals[self.epochs_done]["top1"] if self.evals else None
+    """Test top-1 (AP) after the latest evaluated epoch (the final one once finished)."""
+    return self.evals[self.epochs_done][self.metric] if self.evals else None
 
 
 def method_label(config):
@@ -131,7 +136,7 @@ def load_run(path):
                                "restore it from a copy, or leave this run out")
   records = read_jsonl(os.path.join(path, "metrics.jsonl"))
   evals = {int(r["epoch"]): r for r in records if r.get("kind") == "eval"}
-  teacher_evals = [r["top1"] for r in records if r.get("kind") == "teacher_eval"]
+  teacher_evals = [r.get("top1", r.get("AP")) for r in records if r.get("kind") == "teacher_eval"]
   return Run(path=path, method=method_label(config), config=config, evals=evals,
              train=[r for r in records if r.get("kind") == "train"],
              teacher_top1=teacher_evals[-1] if teacher_evals else None,
