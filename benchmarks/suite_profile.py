@@ -48,6 +48,11 @@ class _Recorder:
     self.current = collections.Counter(test=item.nodeid, file=item.nodeid.split("::")[0])
     self.current["t0"], self.current["c0"] = time.perf_counter(), time.process_time()
 
+  def pytest_runtest_logreport(self, report):
+    if self.current is not None and (report.failed or report.when == "call"):
+      self.current["outcome"] = report.outcome if report.failed else self.current.get(
+          "outcome", report.outcome)
+
   def pytest_runtest_logfinish(self, nodeid):
     row, self.current = self.current, None
     if row is None:
