@@ -4,11 +4,26 @@ Only process 0 writes, so a multi-host run records each number once.
 """
 import json
 import os
+import sys
 import time
 
 from absl import logging
 import jax
-from tensorboardX import SummaryWriter
+
+
+def _summary_writer(logdir):
+  """tensorboardX's SummaryWriter, imported with torch hidden: tensorboardX imports torch,
+  when installed, only to name torch tensors in its type hints, and kd_jax never imports
+  torch (it also cost every run ~2 s of CPU to load)."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter(logdir)
 
 from kd_jax import run_files
 
@@ -21,7 +36,7 @@ class MetricWriter:
     if self.enabled:
       run_files.repair_jsonl_tail(os.path.join(workdir, "metrics.jsonl"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tensorboard = _summary_writer(os.path.join(workdir, "tensorboard"))
 
   def write(self, step, kind, scalars):
     if not self.enabled:

@@ -1,13 +1,59 @@
 """Test session set-up: 8 simulated CPU devices, so sharding tests can compare 1 vs 8.
 
 Set before JAX initialises its backends; single-device tests just use device 0.
+Also one persistent XLA compilation cache per session (see _share_compilations) and, under
+xdist, whole files per worker (see pytest_cmdline_main); tests/README.md has the numbers.
 """
+import atexit
+import importlib.util
+import os
+import shutil
+import tempfile
+
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CACHE_VARIABLE = "KD_JAX_TEST_COMPILATION_CACHE"
+
+
+def _share_compilations():
+  """One persistent compilation cache for this session's processes: the xdist workers and
+  the main.py runs the tests start (through the environment) reuse each other's XLA
+  executables instead of compiling the same small models again.
+
+  A fresh directory per session (made by the first process, inherited by the rest, removed
+  at its exit), so nothing outlives a run: an entry is only ever found for the identical
+  XLA program, compile options, devices and jax/XLA versions (JAX's cache key), so a hit
+  gives the executable a compile would. A size limit turns on JAX's file lock, so no
+  process reads an entry another one is still writing.
+  """
+  directory = os.environ.get(_CACHE_VARIABLE)
+  if not directory:
+    directory = tempfile.mkdtemp(prefix="kd_jax_tests_xla_cache_")
+    os.environ[_CACHE_VARIABLE] = directory
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  settings = {"jax_compilation_cache_dir": directory,
+              "jax_persistent_cache_min_compile_time_secs": 0}
+  if importlib.util.find_spec("filelock") is not None:  # JAX needs it for a size limit
+    settings["jax_compilation_cache_max_size"] = 2 ** 32
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)  # read by JAX in the subprocesses
+
+
+_share_compilations()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+  """`-n N` sends whole files to a worker unless --dist says otherwise: a file's module
+  fixtures (trained runs, teachers, compiled steps) are then built once, not once per worker."""
+  if getattr(config.option, "numprocesses", None) and config.option.dist == "no":
+    config.option.dist = "loadfile"
 
 
 @pytest.fixture(scope="module")

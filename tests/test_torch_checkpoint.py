@@ -279,10 +279,11 @@ def test_convert_teacher_user_error_is_one_line_exit_2(resnet8_file, tmp_path):
   assert not (tmp_path / 'out').exists()
 
 
-def test_kd_jax_never_imports_torch(resnet8_file):
+def test_kd_jax_never_imports_torch(resnet8_file, tmp_path):
   path, _ = resnet8_file
-  code = ('import sys; from kd_jax import convert_teacher, torch_checkpoint; '
+  code = ('import sys; from kd_jax import convert_teacher, metrics, torch_checkpoint, train; '
           f'torch_checkpoint.load_torch_teacher({path!r}, "resnet8", 100); '
+          f'metrics.MetricWriter({str(tmp_path)!r}).close(); '  # tensorboardX's own import
           'assert "torch" not in sys.modules, "kd_jax imported torch"')
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                           text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), check=False)
