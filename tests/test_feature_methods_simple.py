@@ -99,8 +99,11 @@ def test_total_is_the_formula_by_hand(name, fields):
   total, metrics = method.loss(STUDENT, TEACHER, LABELS, jnp.asarray(0), Aux())
   ce = method.ce_weight * _ce(STUDENT.logits, LABELS)
   term = EXPECTED_TERMS[name](STUDENT, TEACHER, method)
-  assert float(total) == pytest.approx(ce + term, rel=1e-5)
-  assert float(metrics[name]) == pytest.approx(term, rel=1e-5)
+  # PKT's KL of float32 similarity distributions lands 1.35e-5 from the float64 value
+  # on some CPUs (XLA's reduction order); the others stay within 1e-5.
+  rel = 3e-5 if name == "pkt" else 1e-5
+  assert float(total) == pytest.approx(ce + term, rel=rel)
+  assert float(metrics[name]) == pytest.approx(term, rel=rel)
   assert float(metrics["ce"]) == pytest.approx(ce, rel=1e-5)
   assert set(metrics) == {"ce", name}
 
