@@ -44,16 +44,18 @@ def _code(path):
 def _config_uses(text):
   """(config file name, argument or None) named in `text`; placeholders left out."""
   uses = []
-  for match in _CONFIG_ARG.finditer(text.replace("\\\n", " ")):
+  text = text.replace("\\\n", " ")
+  for match in _CONFIG_ARG.finditer(_SWEEP.sub("", text)):  # --configs: with --pairs below
     name, arg = match.group(1), match.group(2)
     file = ROOT / "configs" / name
     if (not file.is_file() or "def get_config" not in file.read_text(encoding="utf-8")
         or (arg and _PLACEHOLDER.search(arg))):  # cifar_common.py: a library, no config
       continue
-    uses.append((name, arg.rstrip(",.;") or None if arg is not None else None))
+    uses.append((name, (arg or "").rstrip(",.;") or None))
   for configs, pairs in zip(_SWEEP.findall(text), _PAIRS.findall(text)):
-    uses += [(name.split("/")[-1], pair) for name in configs.split(",")
-             for pair in pairs.split(",")]
+    for item in configs.split(","):  # FILE or FILE:VARIANT (kd_jax/tools/sweep.py)
+      name, _, variant = item.split("/")[-1].partition(":")
+      uses += [(name, f"{variant},{pair}" if variant else pair) for pair in pairs.split(",")]
   return uses
 
 
@@ -84,11 +86,10 @@ def test_the_parser_finds_config_arguments():
   text = ("python main.py --config=configs/cifar_dkd.py:wrn40_2_wrn40_1 --seeds=0,1\n"
           "`imagenet_deit.py:deit,regnety160_deitb` `cifar_nd.py:<base>_nd,<pair>` "
           "`configs/cifar_kd.py` tests/test_docs_links.py::test_x\n"
-          "sweep --configs=configs/cifar_kd.py,configs/cifar_cskd.py --pairs=smoke")
+          "sweep --configs=configs/cifar_kd.py,configs/cifar_nd.py:dkd_nd --pairs=smoke")
   assert _config_uses(text) == [
       ("cifar_dkd.py", "wrn40_2_wrn40_1"), ("imagenet_deit.py", "deit,regnety160_deitb"),
-      ("cifar_kd.py", None), ("cifar_kd.py", None), ("cifar_cskd.py", None),
-      ("cifar_kd.py", "smoke"), ("cifar_cskd.py", "smoke")]
+      ("cifar_kd.py", None), ("cifar_kd.py", "smoke"), ("cifar_nd.py", "dkd_nd,smoke")]
 
 
 @pytest.mark.parametrize("name,arg", _all_config_uses(), ids=str)
