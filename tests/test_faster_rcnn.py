@@ -191,3 +191,21 @@ def test_r18_detector_with_detectron2_defaults_trains_and_detects():
   detections = nnx.jit(lambda m, x, hw: m.detect(x, hw))(model, batch['image'],
                                                           batch['image_hw'])
   assert detections['boxes'].shape == (2, 100, 4) and detections['classes'].shape == (2, 100)
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_gives_finite_float32_losses():
+  """dtype=bfloat16 computes the networks in bfloat16 (parameters stay float32); boxes,
+  anchors and losses stay float32."""
+  def build():
+    bottom_up = backbones.ResNet(18, stem_channels=8, res2_channels=8, dtype=jnp.bfloat16,
+                                 rngs=nnx.Rngs(0))
+    return faster_rcnn.FasterRCNN(
+        fpn.FPN(bottom_up, out_channels=16, dtype=jnp.bfloat16, rngs=nnx.Rngs(1)), CONFIG,
+        fc_dim=32, dtype=jnp.bfloat16, rngs=nnx.Rngs(2))
+  model = nnx.eval_shape(build)
+  model = detectron2_names.load_detectron2_state(model, numpy_detectron2_state(model))
+  losses, outputs = nnx.jit(lambda m, b, k: m.losses(b, k))(model, synthetic_batch(),
+                                                             jax.random.key(0))
+  assert all(v.dtype == jnp.float32 and np.isfinite(v) and v > 0 for v in losses.values())
+  assert outputs['box_features'].dtype == jnp.bfloat16 and outputs['rois'].dtype == jnp.float32

@@ -186,7 +186,7 @@ class FasterRCNN(nnx.Module):
     scores = scores.reshape(batch_size, count, -1)
     boxes, scores, classes, _, valid = jax.vmap(
         lambda b, s, hw, v: postprocess.fast_rcnn_inference(
-            b, s, hw, v, score_thresh=config.score_thresh_test,
+            b, s, hw, valid=v, score_thresh=config.score_thresh_test,
             nms_thresh=config.nms_thresh_test, topk=config.detections_per_image))(
                 predicted, scores, image_hw, proposal['valid'])
     return {'boxes': boxes, 'scores': scores, 'classes': classes, 'valid': valid}
