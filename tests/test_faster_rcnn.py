@@ -142,6 +142,11 @@ def test_detect_returns_padded_detections_inside_the_image():
   valid = np.asarray(detections['valid'])
   assert np.all(np.asarray(detections['scores'])[valid] > 0.05)
   assert np.all(boxes[1][valid[1]][:, [0, 2]] <= 56) and np.all(boxes[1][valid[1]][:, [1, 3]] <= 48)
+  # rescaled to the original image sizes (detector_postprocess): twice the input here
+  rescaled = nnx.jit(lambda m, x, hw, out: m.detect(x, hw, out))(
+      model, batch['image'], batch['image_hw'], 2 * batch['image_hw'])
+  kept = valid & np.asarray(rescaled['valid'])
+  np.testing.assert_allclose(np.asarray(rescaled['boxes'])[kept], 2 * boxes[kept], rtol=1e-5)
 
 
 @pytest.mark.slow
