@@ -1,7 +1,6 @@
 """ROI-head sampling (roi_heads.py) and the Fast R-CNN losses (fast_rcnn.py) against
 NumPy transcriptions of detectron2's roi_heads.py / fast_rcnn.py."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

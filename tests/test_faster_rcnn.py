@@ -142,6 +142,11 @@ def test_detect_returns_padded_detections_inside_the_image():
   valid = np.asarray(detections['valid'])
   assert np.all(np.asarray(detections['scores'])[valid] > 0.05)
   assert np.all(boxes[1][valid[1]][:, [0, 2]] <= 56) and np.all(boxes[1][valid[1]][:, [1, 3]] <= 48)
+  # rescaled to the original image sizes (detector_postprocess): twice the input here
+  rescaled = nnx.jit(lambda m, x, hw, out: m.detect(x, hw, out))(
+      model, batch['image'], batch['image_hw'], 2 * batch['image_hw'])
+  kept = valid & np.asarray(rescaled['valid'])
+  np.testing.assert_allclose(np.asarray(rescaled['boxes'])[kept], 2 * boxes[kept], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -191,3 +196,21 @@ def test_r18_detector_with_detectron2_defaults_trains_and_detects():
   detections = nnx.jit(lambda m, x, hw: m.detect(x, hw))(model, batch['image'],
                                                           batch['image_hw'])
   assert detections['boxes'].shape == (2, 100, 4) and detections['classes'].shape == (2, 100)
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_gives_finite_float32_losses():
+  """dtype=bfloat16 computes the networks in bfloat16 (parameters stay float32); boxes,
+  anchors and losses stay float32."""
+  def build():
+    bottom_up = backbones.ResNet(18, stem_channels=8, res2_channels=8, dtype=jnp.bfloat16,
+                                 rngs=nnx.Rngs(0))
+    return faster_rcnn.FasterRCNN(
+        fpn.FPN(bottom_up, out_channels=16, dtype=jnp.bfloat16, rngs=nnx.Rngs(1)), CONFIG,
+        fc_dim=32, dtype=jnp.bfloat16, rngs=nnx.Rngs(2))
+  model = nnx.eval_shape(build)
+  model = detectron2_names.load_detectron2_state(model, numpy_detectron2_state(model))
+  losses, outputs = nnx.jit(lambda m, b, k: m.losses(b, k))(model, synthetic_batch(),
+                                                             jax.random.key(0))
+  assert all(v.dtype == jnp.float32 and np.isfinite(v) and v > 0 for v in losses.values())
+  assert outputs['box_features'].dtype == jnp.bfloat16 and outputs['rois'].dtype == jnp.float32

@@ -171,9 +171,11 @@ class FasterRCNN(nnx.Module):
                   'roi_valid': sampled['valid'], 'box_features': box_features,
                   'class_logits': class_logits, 'box_deltas': box_deltas}
 
-  def detect(self, images, image_hw):
+  def detect(self, images, image_hw, output_hw=None):
     """Inference: per image 'boxes' [D, 4], 'scores' [D], 'classes' [D], 'valid' [D]
-    (D = detections_per_image) in input-image pixels; score > 0.05, per-class NMS 0.5."""
+    (D = detections_per_image), score > 0.05, per-class NMS 0.5; boxes in input-image
+    pixels, or rescaled to `output_hw` [B, 2] (the original image sizes) as detectron2's
+    detector_postprocess does."""
     config = self.config
     features = self.features(images, image_hw)
     _, _, _, proposal = self.proposals(features, image_hw, False)
@@ -189,6 +191,8 @@ class FasterRCNN(nnx.Module):
             b, s, hw, valid=v, score_thresh=config.score_thresh_test,
             nms_thresh=config.nms_thresh_test, topk=config.detections_per_image))(
                 predicted, scores, image_hw, proposal['valid'])
+    if output_hw is not None:
+      boxes, valid = jax.vmap(postprocess.detector_postprocess)(boxes, valid, image_hw, output_hw)
     return {'boxes': boxes, 'scores': scores, 'classes': classes, 'valid': valid}
 
 

@@ -6,7 +6,6 @@ sampled anchors, smooth-L1 with beta 0 = L1 on the deltas of the positives, both
 and divided by 256 * images) and proposal selection (find_top_rpn_proposals).
 Per-image functions take unbatched arrays; the detector vmaps them over images.
 """
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
