@@ -56,6 +56,11 @@ RULES = {
     "data.image_size": (_positive, "> 0"),
     "data.period": (_positive, "> 0 (iterations between evaluations and checkpoints)"),
     "data.max_boxes": (_positive, "> 0"),
+    "data.short_edges": (lambda v: len(v) > 0 and all(e > 0 for e in v), "non-empty, each > 0"),
+    "data.max_size": (_positive, "> 0"),
+    "data.test_short_edge": (_positive, "> 0"),
+    "data.test_max_size": (_positive, "> 0"),
+    "eval_every_epochs": (_positive, "> 0"),
     "data.num_threads": (_non_negative, ">= 0 (0: one per usable core)"),
     "data.worker_count": (lambda v: v >= -1, ">= -1 (-1: chosen from the host)"),
     "data.interpolation": (tuple(imagenet.INTERPOLATIONS).__contains__,
@@ -129,6 +134,10 @@ def check(config):
   if decay != sorted(set(decay)) or any(not 0 < e <= config.num_epochs for e in decay):
     raise UserError(f"config.optim.decay_epochs={tuple(decay)} must be increasing epochs in "
                     f"1..num_epochs ({config.num_epochs})")
+  steps = list(config.optim.decay_steps)
+  if steps != sorted(set(steps)) or any(not 0 < step for step in steps):
+    raise UserError(f"config.optim.decay_steps={tuple(steps)} must be increasing iterations "
+                    "> 0")
   optim = config.optim
   if optim.schedule == "warmup_cosine" and not (
       optim.warmup_epochs < config.num_epochs and optim.min_lr <= optim.lr):

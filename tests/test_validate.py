@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import (cifar_at, cifar_ce, cifar_cskd, cifar_cskd_mv, cifar_ctkd, cifar_dist, cifar_dkd,
-                     cifar_fitnet, cifar_kd, cifar_ls, cifar_nd, cifar_rkd)
+                     cifar_fitnet, cifar_kd, cifar_ls, cifar_nd, cifar_rkd, coco_det)
 from kd_jax import checkpoint, models, validate
 from kd_jax.errors import UserError
 
@@ -23,7 +23,7 @@ CONFIGS = [cifar_ce.get_config("smoke"), cifar_kd.get_config("smoke"), cifar_dkd
            cifar_nd.get_config("dkd_nd,smoke"), cifar_nd.get_config("cskd_nd,smoke"),
            cifar_fitnet.get_config("smoke"), cifar_at.get_config("smoke"),
            cifar_rkd.get_config("smoke"), cifar_ctkd.get_config("dkd,smoke"),
-           cifar_ls.get_config("mlkd,smoke")]
+           cifar_ls.get_config("mlkd,smoke"), coco_det.get_config("smoke")]
 
 
 def _leaves(config, prefix=""):
@@ -34,7 +34,10 @@ def _leaves(config, prefix=""):
       yield f"{prefix}{key}", value
 
 
-FIELDS = sorted({(i, field) for i, config in enumerate(CONFIGS) for field, _ in _leaves(config)})
+# A detector's options (student.options) are checked when the model is built
+# (test_detection_task.py), not here.
+FIELDS = sorted({(i, field) for i, config in enumerate(CONFIGS) for field, _ in _leaves(config)
+                 if not field.startswith("student.options.")})
 BAD_NUMBERS = st.sampled_from([0, -1, -0.5, -1e9, float("nan"), float("inf"), -float("inf")])
 ILL_TYPED = st.one_of(st.text(max_size=5), st.lists(st.integers(), max_size=2), st.none())
 # Fields whose value is free (a path, a name of the user's choice, a seed's size...): any
@@ -77,7 +80,8 @@ ZERO_OK = ("bn_group_size", "train_epochs", "weight_decay", "momentum", "synthet
            "bc_weight", "nd_weight", "alpha", "beta", "gamma", "feat_weight", "distance_weight",
            "angle_weight", "hint_layer", "dkd_weight", "lambda_start", "lambda_end", "min_lr",
            "warmup_epochs", "b1", "b2", "drop_path_rate", "mixup", "cutmix", "mix_prob",
-           "switch_prob", "smoothing", "mix_group_size", "erase_prob")
+           "switch_prob", "smoothing", "mix_group_size", "erase_prob", "warmup_steps",
+           "warmup_factor")
 
 
 def _acceptable(config, field, value):
@@ -89,6 +93,9 @@ def _acceptable(config, field, value):
   if field == "optim.decay_epochs":
     epochs = list(value)
     return epochs == sorted(set(epochs)) and all(0 < e <= config.num_epochs for e in epochs)
+  if field == "optim.decay_steps":
+    steps = list(value)
+    return steps == sorted(set(steps)) and all(0 < step for step in steps)
   return value == 0 and field.split(".")[-1] in ZERO_OK
 
 

@@ -1,11 +1,11 @@
 """COCO box AP of a detector over a detection feeder's test split, as detectron2's
-inference_on_dataset + COCOEvaluator: per padded batch, the jitted `detect` and the
-rescale to each original image (detector_postprocess), then kd_jax.detection.coco_eval."""
+inference_on_dataset + COCOEvaluator: per padded batch, the jitted `detect` with boxes
+rescaled to each original image (detector_postprocess), then kd_jax.detection.coco_eval."""
 from flax import nnx
 import jax
 from jax.experimental import multihost_utils
 
-from kd_jax.detection import coco_eval, postprocess
+from kd_jax.detection import coco_eval
 
 
 def _on_host(tree):
@@ -13,14 +13,6 @@ def _on_host(tree):
   if jax.process_count() == 1:
     return jax.device_get(tree)
   return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def detect_original(model, images, image_hw, orig_hw):
-  """model.detect, boxes in original-image pixels (empty after clipping: not valid)."""
-  detections = model.detect(images, image_hw)
-  detections["boxes"], detections["valid"] = jax.vmap(postprocess.detector_postprocess)(
-      detections["boxes"], detections["valid"], image_hw, orig_hw)
-  return detections
 
 
 class DetectionEvaluator:
@@ -32,7 +24,7 @@ class DetectionEvaluator:
     def detect(variables, batch):
       model = nnx.merge(graphdef, *variables)
       detector = getattr(model, "student", model)  # the trainer's student + extras, or bare
-      return detect_original(detector, batch["image"], batch["image_hw"], batch["orig_hw"])
+      return detector.detect(batch["image"], batch["image_hw"], batch["orig_hw"])
 
     self._detect = jax.jit(detect)
 

@@ -18,8 +18,8 @@ import numpy as np
 from flax import nnx
 
 from kd_jax.detection import anchors as anchor_lib
-from kd_jax.detection import (backbones, fast_rcnn, fpn, heads, postprocess, proposals,
-                                roi_heads, rpn)
+from kd_jax.detection import (backbones, detectron2_names, fast_rcnn, fpn, heads,
+                              postprocess, proposals, roi_heads, rpn, weights)
 from kd_jax.errors import UserError
 
 
@@ -224,3 +224,18 @@ def create(backbone_name, config=DetectorConfig(), *, freeze_at=2, dtype=jnp.flo
   fpn_channels, fc_dim = WIDTHS.get(backbone_name, (256, 1024))
   return FasterRCNN(fpn.FPN(bottom_up, fpn_channels, dtype=dtype, rngs=rngs), config,
                     fc_dim=fc_dim, dtype=dtype, rngs=rngs)
+
+
+def load_weights(model, path):
+  """detectron2's MODEL.WEIGHTS: a weights file (kd_jax.detection.weights: model-zoo or
+  MSRA .pkl, torchvision .pth) into `model` by detectron2 name, in place. A file of the
+  bottom-up network alone (ImageNet weights) starts the detector from it, as detectron2
+  does; anything else must cover the whole detector."""
+  state = weights.load_detectron2_weights(path)
+  prefix = "backbone.bottom_up."
+  if state and all(name.startswith(prefix) for name in state):
+    detectron2_names.load_detectron2_state(model.backbone.bottom_up, state, prefix=prefix,
+                                           source=path)
+  else:
+    detectron2_names.load_detectron2_state(model, state, source=path)
+  return model

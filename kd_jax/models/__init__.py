@@ -56,17 +56,20 @@ for _family in (cifar_resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1,
 
 def _detector(backbone):
   """A Faster R-CNN R-FPN on `backbone` (kd_jax.detection; its pooled width is the box
-  head's 1024): the model options are DetectorConfig's fields and freeze_at."""
-  def build(num_classes, *, rngs, dtype, freeze_at=2, **options):
+  head's 1024): the model options are DetectorConfig's fields, freeze_at and weights (a
+  detectron2 MODEL.WEIGHTS file, faster_rcnn.load_weights)."""
+  def build(num_classes, *, rngs, dtype, freeze_at=2, weights='', **options):
     fields = {field.name for field in dataclasses.fields(faster_rcnn.DetectorConfig)}
     unknown = sorted(set(options) - fields)
     if unknown:
       raise UserError(f'{", ".join(unknown)}: not an option of a detector '
-                      f'(config.student.options); valid: freeze_at, {", ".join(sorted(fields))}')
+                      f'(config.student.options); valid: freeze_at, weights, '
+                      f'{", ".join(sorted(fields))}')
     options = {key: tuple(value) if isinstance(value, list) else value
                for key, value in options.items()}
     config = faster_rcnn.DetectorConfig(num_classes=num_classes, **options)
-    return faster_rcnn.create(backbone, config, freeze_at=freeze_at, dtype=dtype, rngs=rngs)
+    model = faster_rcnn.create(backbone, config, freeze_at=freeze_at, dtype=dtype, rngs=rngs)
+    return faster_rcnn.load_weights(model, weights) if weights else model
   return build
 
 
