@@ -84,6 +84,14 @@ def make_optimizer(optim, steps_per_epoch, num_epochs):
   return optimizer, schedule
 
 
+def float32_outputs(output):
+  """`output` with every floating array in float32: a bfloat16 model's logits and
+  features reach the losses and the method's extras (connectors, heads, memory banks, all
+  float32) in float32 (DESIGN.md Precision)."""
+  return jax.tree.map(lambda x: x.astype(jnp.float32)
+                      if jnp.issubdtype(x.dtype, jnp.floating) else x, output)
+
+
 def frozen_inputs(teacher_state, extras):
   """The step's `frozen` argument: what it reads and never changes."""
   return {"teacher": teacher_state, "extras": extras}
@@ -114,13 +122,15 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
     teacher_out = None
     if method.needs_teacher:
       teacher = nnx.merge(teacher_def, frozen["teacher"])
-      teacher_out = [ModelOutput(*teacher(view, train=method.teacher_batch_statistics))
+      teacher_out = [float32_outputs(ModelOutput(*teacher(view,
+                                                          train=method.teacher_batch_statistics)))
                      for view in views]  # any BatchNorm statistics it updates are dropped
       teacher_out = jax.lax.stop_gradient(teacher_out[0] if single else tuple(teacher_out))
     trainable = nnx.merge(trainable_def, state.params, state.model_state)
 
     def loss_fn(trainable):
-      student_out = [ModelOutput(*trainable.student(view, train=True)) for view in views]
+      student_out = [float32_outputs(ModelOutput(*trainable.student(view, train=True)))
+                     for view in views]
       student_out = student_out[0] if single else tuple(student_out)
       total, terms = method.loss(student_out, teacher_out, targets, epoch,
                                  Aux(trainable.extras, frozen["extras"], index))
@@ -156,6 +166,19 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
     return state, jax.tree.map(jnp.add, metric_sums, metrics) | {FIRST_NONFINITE: first}
 
   return step
+
+
+def step_flops(jitted_step, *args):
+  """XLA's count of the floating-point operations of one call of `jitted_step` on `args`
+  (the global batch: augmentation, teacher forward, student forward and backward, update),
+  or None where the backend has no cost analysis. From the lowered program, before it is
+  partitioned over devices or compiled: costs one trace, compiles nothing."""
+  try:
+    cost = jitted_step.lower(*args).cost_analysis()
+  except (NotImplementedError, RuntimeError):
+    return None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
 
 
 def metric_shapes(step, state, frozen, batch):

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, guards, models, validate
+from kd_jax import checkpoint, compile_cache, evaluation, guards, models, profiling, validate
 from kd_jax import step as step_lib
 from kd_jax.data import batch_augment, feeders
 from kd_jax.errors import UserError
@@ -68,6 +68,11 @@ class RunResult:
   seconds_this_session: float | None = None
   stopped_at: int | None = None  # the global step the same command resumes from
   signal: int | None = None  # the signal (SIGTERM/SIGINT) that stopped it
+  # This session's training speed: the median over log intervals after the first (which
+  # compiles), and XLA's FLOPs of one step (kd_jax.step.step_flops) where it counts them.
+  images_per_second: float | None = None
+  step_flops: float | None = None
+  flops_per_second: float | None = None
 
   @property
   def finished(self):
@@ -81,6 +86,7 @@ class Hooks:
   evaluate: Callable[[int, int], None]  # (epoch, step) at the end of each epoch
   checkpoint: Callable[[int], None]  # (step) after each epoch, and when stopping early
   stop: Callable[[int], bool]  # (step) -> stop now (preemption)
+  profile: Callable[[int, Any], None] = profiling.no_profile  # (steps done, state) before each
 
 
 def initial_state(config, student, extras, optimizer):
@@ -116,9 +122,12 @@ class Trainer:
         trainable_def=self.trainable_def, teacher_def=teacher_def,
         steps_per_epoch=self.steps_per_epoch, skip_nonfinite=config.skip_nonfinite,
         batch_augment=batch_augment.BatchAugment.from_config(config), seed=config.seed)
-    self._metric_shapes = step_lib.metric_shapes(step, self.state, self.frozen,
-                                                 feeder.example_train_batch())
+    example = feeder.example_train_batch()
+    self._metric_shapes = step_lib.metric_shapes(step, self.state, self.frozen, example)
     self.train_step = jax.jit(step, donate_argnums=(0, 1))
+    self.step_flops = step_lib.step_flops(self.train_step, self.state, self.init_metric_sums(),
+                                          self.frozen, example)
+    self.rates = []  # images/s of each log interval of this session
     self.evaluate = evaluation.Evaluator(feeder, self.trainable_def)
     self.evaluate_teacher = teacher and evaluation.Evaluator(feeder, teacher_def)
     self.stop_requested = threading.Event()  # set by a signal handler to stop cleanly
@@ -136,6 +145,7 @@ class Trainer:
       batches = self.feeder.train_batches(epoch)
       sums, summed = self.init_metric_sums(), 0
       while step < end and not hooks.stop(step):
+        hooks.profile(step, self.state)
         self.state, sums = self.train_step(self.state, sums, self.frozen, next(batches))
         step, summed = step + 1, summed + 1
         if step % log_every == 0 or step == end:
@@ -144,6 +154,7 @@ class Trainer:
       if step % self.steps_per_epoch == 0:
         hooks.evaluate(epoch, step)
       hooks.checkpoint(step)
+    hooks.profile(step, self.state)
     return step
 
   def run(self, workdir, max_steps=None) -> RunResult:
@@ -155,6 +166,8 @@ class Trainer:
     """
     checkpoints = checkpoint.RunCheckpoints(workdir, self.config.checkpoint_keep)
     writer = MetricWriter(workdir)
+    profiler = (profiling.StepProfiler(self.config.profile_steps, workdir)
+                if self.config.profile_steps else None)
     try:
       progress = {"best_top1": None, "best_epoch": None, "last_top1": None, "teacher_top1": None}
       if checkpoints.latest_step() is not None:
@@ -167,19 +180,26 @@ class Trainer:
         progress["teacher_top1"] = teacher_eval["top1"]
         logging.info("teacher test top-1 %.2f%%", teacher_eval["top1"])
         writer.write(step, "teacher_eval", teacher_eval)
-      meter = Progress(self.total_steps, self.config.batch_size, step)
+      meter = Progress(self.total_steps, self.config.batch_size, step, self.step_flops)
       hooks = Hooks(
           log=lambda step, sums, summed: self._log(writer, meter, step, sums, summed),
           evaluate=lambda epoch, step: self._evaluate_epoch(progress, writer, epoch, step),
           checkpoint=lambda step: checkpoints.save(
               step, self.state, progress | {"data_state": self.feeder.state()}),
-          stop=self._stop_agreed)
+          stop=self._stop_agreed, profile=profiler or profiling.no_profile)
       step = self.train_loop(step, min(max_steps or self.total_steps, self.total_steps), hooks)
     finally:
+      if profiler:
+        profiler.stop()
       checkpoints.close()
       writer.close()
     result = RunResult(progress["best_top1"], progress["best_epoch"], progress["last_top1"],
                        progress["teacher_top1"], self.config.num_epochs)
+    if self.rates:
+      result.images_per_second = float(np.median(self.rates[1:] or self.rates))
+      result.step_flops = self.step_flops
+      if self.step_flops:
+        result.flops_per_second = result.images_per_second / self.config.batch_size * self.step_flops
     if step < self.total_steps:
       logging.info("stopped at step %d of %d (epoch %d); rerun the same command to resume",
                    step, self.total_steps, step // self.steps_per_epoch + 1)
@@ -198,6 +218,9 @@ class Trainer:
                      "is kept: lower config.optim.lr or set config.skip_nonfinite=True")
     epoch = (step - 1) // self.steps_per_epoch
     means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
+    self.rates.append(means["images_per_second"])
+    if self.step_flops:
+      means["flops_per_second"] = means["images_per_second"] / self.config.batch_size * self.step_flops
     means["lr"] = float(self.schedule(step - 1))
     writer.write(step, "train", means)
 
@@ -229,8 +252,9 @@ class Trainer:
 
 def create_student(config, num_classes):
   """The student as the recipe initialises it (config.student.classifier_init) and trains
-  it (config.student.drop_path_rate)."""
+  it (config.student.drop_path_rate, compute in config.student.dtype)."""
   return models.create(config.student.model, num_classes, rngs=nnx.Rngs(config.seed),
+                       dtype=DTYPES[config.student.dtype],
                        classifier_init=config.student.classifier_init,
                        drop_path_rate=config.student.drop_path_rate)
 
@@ -248,6 +272,10 @@ def _flat(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
+# How a run uses the machine, not what it computes: a resumed run may change them.
+RUNTIME_FIELDS = ("compile_cache_dir", "profile_steps")
+
+
 def _check_config_matches(config, workdir):
   """A workdir holds one experiment, finished or not: refuse another config, naming the
   fields that differ."""
@@ -258,7 +286,7 @@ def _check_config_matches(config, workdir):
     stored = _flat(json.load(f))
   current = _flat(json.loads(config.to_json_best_effort()))
   differ = sorted(key for key in stored.keys() | current.keys()
-                  if stored.get(key) != current.get(key))
+                  if stored.get(key) != current.get(key) and key not in RUNTIME_FIELDS)
   if differ:
     shown = ", ".join(f"{key} {stored.get(key)!r} -> {current.get(key)!r}"
                       for key in differ[:4]) + (" ..." if len(differ) > 4 else "")
@@ -276,6 +304,8 @@ def _record_run(config, workdir, num_classes):
     with open(os.path.join(workdir, checkpoint.RUN_INFO), "w") as f:
       json.dump({"model": config.student.model, "num_classes": num_classes,
                  "method": config.method.name, "devices": jax.device_count(),
+                 "compute_dtype": {"student": config.student.dtype,
+                                   "teacher": config.teacher.dtype},
                  "platform": jax.devices()[0].platform, "versions": _versions()}, f, indent=2)
 
 
@@ -328,6 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, loaded=N
   stopped by SIGTERM/SIGINT returns with `stopped_at` and `signal` set.
   """
   method = validate.check(config)
+  compile_cache.enable(config.compile_cache_dir)
   if "://" in workdir:
     raise UserError(f"--workdir={workdir}: remote URLs are not supported; mount the bucket "
                     "(e.g. gcsfuse) and pass the mount path")

@@ -1,11 +1,16 @@
 """Test session set-up: 8 simulated CPU devices, so sharding tests can compare 1 vs 8.
 
-Set before JAX initialises its backends; single-device tests just use device 0.
+Set before JAX initialises its backends; single-device tests just use device 0. Runs
+share one compilation cache in a temporary directory, not the user's ~/.cache.
 """
+import os
+import tempfile
+
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
+os.environ.setdefault("KD_JAX_COMPILE_CACHE", tempfile.mkdtemp(prefix="kd_jax_xla_"))
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -2,6 +2,7 @@
 
 Exact resume is in test_robustness.py.
 """
+import json
 import math
 import os
 import subprocess
@@ -166,7 +167,16 @@ def test_main_smoke_runs_offline_and_second_run_does_no_work(tmp_path):
     assert os.path.exists(os.path.join(workdir, name)), name
   evals = read_metrics(workdir, "eval")
   assert [r["epoch"] for r in evals] == [1, 2]
-  assert {"cskd", "cskd_cswt", "ce", "images_per_second"} <= read_metrics(workdir, "train")[0].keys()
+  assert {"cskd", "cskd_cswt", "ce", "images_per_second",
+          "flops_per_second"} <= read_metrics(workdir, "train")[0].keys()
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  # XLA's count of one step's FLOPs: at least the student's and teacher's convolutions.
+  assert summary["step_flops"] > 0 and summary["images_per_second"] > 0
+  assert summary["flops_per_second"] == pytest.approx(
+      summary["images_per_second"] / 64 * summary["step_flops"])
+  with open(os.path.join(workdir, "run.json")) as f:
+    assert json.load(f)["compute_dtype"] == {"student": "float32", "teacher": "float32"}
   second = _main("--config=configs/cifar_cskd.py:smoke", f"--workdir={workdir}")
   assert second.returncode == 0 and "is complete" in second.stderr
   assert len(read_metrics(workdir, "eval")) == 2  # nothing retrained
