@@ -142,3 +142,45 @@ def test_bfloat16_student_loss_terms_within_the_rounding_bound(name, dataset, te
     assert abs(low[key] - terms[key]) <= bound * abs(terms[key]) + 1e-6, (key, low[key],
                                                                           terms[key])
   assert low["loss"] != terms["loss"]
+
+
+def _accuracy_margin(top1, test_size):
+  """Two standard errors of the difference of two independent top-1 estimates on
+  `test_size` images: 2 sqrt(2 p (1 - p) / n), in points."""
+  p = top1 / 100
+  return 100 * 2 * math.sqrt(2 * p * (1 - p) / test_size)
+
+
+def _run_both(config, tmp_path):
+  """best top-1 of `config` trained in float32 and in bfloat16 (student, and the teacher it
+  bootstraps), each from scratch in its own workdir."""
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    run = config.copy_and_resolve_references()
+    run.student.dtype = dtype
+    results[dtype] = train.train_and_evaluate(run, str(tmp_path / dtype)).best_top1
+  return results
+
+
+@pytest.mark.slow
+def test_bfloat16_smoke_run_reaches_float32_accuracy(tmp_path):
+  config = cifar_kd.get_config("smoke")
+  top1 = _run_both(config, tmp_path)
+  margin = _accuracy_margin(top1["float32"], config.data.synthetic_test_size)
+  assert top1["bfloat16"] >= top1["float32"] - margin, (top1, margin)
+
+
+@pytest.mark.slow
+def test_bfloat16_twenty_epoch_cifar_run_reaches_float32_accuracy(tmp_path):
+  """20 epochs of the KD recipe on synthetic CIFAR-100-shaped data (resnet14 -> resnet8,
+  the teacher bootstrapped for 20 epochs), lr decayed at 15: long enough for bfloat16's
+  rounding of the updates' effect on the weights to show, if it mattered."""
+  config = cifar_kd.get_config("smoke")
+  config.data.dataset = "cifar100"
+  config.data.synthetic_train_size, config.data.synthetic_test_size = 4096, 1000
+  config.num_epochs = config.teacher.train_epochs = 20
+  config.optim.decay_epochs = (15,)
+  config.eval_batch_size, config.log_every_steps = 200, 64
+  top1 = _run_both(config, tmp_path)
+  margin = _accuracy_margin(top1["float32"], config.data.synthetic_test_size)
+  assert top1["bfloat16"] >= top1["float32"] - margin, (top1, margin)
