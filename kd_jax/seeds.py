@@ -378,6 +378,9 @@ def train_and_evaluate_seeds(config, seeds, workdirs, loaded=None, max_steps=Non
     return [train.train_and_evaluate(configs[0], workdirs[0], loaded, max_steps, overwrite)]
   method = validate.check(config)
   compile_cache.enable(config.compile_cache_dir)
+  if config.profile_steps:
+    logging.warning("config.profile_steps is for single runs (--config.seed=N): seeds "
+                    "trained together are not profiled")
   for seed_config in configs:
     validate.check(seed_config)
   if feeders.DATASETS.get(config.data.dataset, (None, None))[1] is not feeders.DeviceFeeder:
