@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 from configs import cifar_crd, cifar_dkd, cifar_fitnet, cifar_kd, cifar_nd, cifar_reviewkd
-from kd_jax import checkpoint, methods, models, train
+from kd_jax import checkpoint, methods, models, train, validate
 from kd_jax.data import feeders
+from kd_jax.errors import UserError
 from kd_jax.models import regnet
+from kd_jax.tools import recipe
 
 U = 2.0 ** -9  # bfloat16's unit roundoff
 
@@ -103,7 +105,7 @@ def _one_step_terms(config, dataset, teacher_dir):
   """The loss terms of one train step of `config` (its student from the same seed)."""
   method = methods.create(config.method)
   teacher = checkpoint.load_teacher(teacher_dir, "resnet8", 10)
-  mesh = train.data_mesh(jax.devices()[:1])
+  mesh = train.data_mesh()  # where load_teacher puts the teacher: every device
   feeder = feeders.DeviceFeeder(dataset, config, mesh)
   student = train.create_student(config, 10)
   setup = methods.Setup(student, teacher, feeder, nnx.Rngs(1),
@@ -184,3 +186,15 @@ def test_bfloat16_twenty_epoch_cifar_run_reaches_float32_accuracy(tmp_path):
   top1 = _run_both(config, tmp_path)
   margin = _accuracy_margin(top1["float32"], config.data.synthetic_test_size)
   assert top1["bfloat16"] >= top1["float32"] - margin, (top1, margin)
+
+
+def test_recipe_card_names_the_compute_and_bad_dtypes_are_refused():
+  config = cifar_kd.get_config("res32x4_res8x4")
+  config.student.dtype = "bfloat16"
+  card = dict(recipe.card(config))
+  assert "bfloat16 compute, float32 parameters and normalisation" in card["student"]
+  assert "; float32, frozen" in card["teacher"]
+  config.student.dtype = "float16"
+  with pytest.raises(UserError, match="config.student.dtype='float16' must be one of float32, "
+                                      "bfloat16"):
+    validate.check(config)
