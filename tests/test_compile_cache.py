@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from kd_jax import compile_cache, train
+from kd_jax.errors import UserError
 
 EVENTS = collections.Counter()
 monitoring.register_event_listener(lambda name, **kwargs: EVENTS.update([name]))
@@ -127,3 +128,14 @@ def test_auto_is_the_environment_variable_else_the_home_cache(monkeypatch):
   assert compile_cache.resolve("auto") == os.path.expanduser("~/.cache/kd_jax/xla")
   assert compile_cache.resolve("off") is None
   assert compile_cache.resolve("rel") == os.path.abspath("rel")
+
+
+def test_cache_and_profile_settings_do_not_make_another_experiment(tmp_path, tiny_kd_config):
+  """A resumed run may move its cache or take a profile; any other field is refused."""
+  (tmp_path / "config.json").write_text(tiny_kd_config.to_json_best_effort())
+  config = tiny_kd_config.copy_and_resolve_references()
+  config.compile_cache_dir, config.profile_steps = "off", (3, 4)
+  train._check_config_matches(config, str(tmp_path))  # pylint: disable=protected-access
+  config.optim.lr = 0.5
+  with pytest.raises(UserError, match="optim.lr"):
+    train._check_config_matches(config, str(tmp_path))  # pylint: disable=protected-access
