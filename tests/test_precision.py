@@ -98,6 +98,8 @@ def _tiny_config(config_module, arg, teacher_dir, dtype):
       "resnet8", teacher_dir, 0)
   config.batch_size, config.num_epochs, config.eval_batch_size = 16, 2, 32
   config.student.dtype = dtype
+  if config.student.bn_group_size:  # ND's per-GPU BatchNorm groups, scaled to the batch
+    config.student.bn_group_size = 8
   return config
 
 
