@@ -2,6 +2,7 @@
 
   python -m benchmarks.imagenet_step --pair res34_res18,vitb_res18 --config imagenet_kd \
       [--batch-size 8] [--steps 2] [--repeats 3] [--image-size 224] [--teacher-dtype auto]
+      [--student-dtype float32,bfloat16]
   python -m benchmarks.imagenet_step --config imagenet_deit \
       --pair 'deit_nd,regnety160_deitb;deit,regnety160_deitb'
 
@@ -10,7 +11,8 @@ input normalisation, method weights) with random-weight teachers and synthetic i
 --image-size, then times `Trainer.train_step` (teacher forward + student forward/backward +
 SGD, the host batch already on the device) in alternating blocks, as benchmarks.train_step
 does (median over --repeats blocks). Prints one JSON line per pair, then the ratio of every
-pair's step time to the first pair's. `--teacher-dtype auto` keeps each config's.
+pair's step time to the first pair's. `--teacher-dtype auto` keeps each config's;
+`--student-dtype` (comma-separated, default auto: the config's) times every pair with each.
 """
 import argparse
 import importlib
@@ -22,7 +24,8 @@ from benchmarks import train_step
 class ImageNetVariant:
   """One pair of an ImageNet config, with a random-weight teacher; what StepBench needs."""
 
-  def __init__(self, config_name, pair, batch_size, image_size, teacher_dtype):
+  def __init__(self, config_name, pair, batch_size, image_size, teacher_dtype,
+               student_dtype="auto"):
     import jax  # pylint: disable=g-import-not-at-top
     from flax import nnx  # pylint: disable=g-import-not-at-top
     from kd_jax import methods, models, train  # pylint: disable=g-import-not-at-top
@@ -37,6 +40,8 @@ class ImageNetVariant:
       config.augment.mix_group_size = 0  # a batch below the recipe's group: mix it whole
     if teacher_dtype != "auto":
       config.teacher.dtype = teacher_dtype
+    if student_dtype != "auto":
+      config.student.dtype = student_dtype
     method = methods.create(config.method)
     mesh = train.data_mesh()
     feeder = feeders.create(config, mesh, feeders.load(config))
@@ -53,7 +58,7 @@ class ImageNetVariant:
     self.record = {"config": config_name, "pair": pair, "method": config.method.name,
                    "batch_size": batch_size, "image_size": image_size,
                    "teacher": config.teacher.model, "teacher_dtype": config.teacher.dtype,
-                   "student": config.student.model}
+                   "student": config.student.model, "student_dtype": config.student.dtype}
 
   def step_args(self, batch, sums=None):
     t = self.trainer
@@ -61,10 +66,10 @@ class ImageNetVariant:
 
 
 def run(config_name, pairs, batch_size=8, steps=2, repeats=3, image_size=224,
-        teacher_dtype="auto"):
+        teacher_dtype="auto", student_dtypes=("auto",)):
   """Times every pair's step interleaved; returns measurement and ratio records."""
-  variants = [ImageNetVariant(config_name, p, batch_size, image_size, teacher_dtype)
-              for p in pairs]
+  variants = [ImageNetVariant(config_name, p, batch_size, image_size, teacher_dtype, dtype)
+              for p in pairs for dtype in student_dtypes]
   benches = []
   for variant in variants:
     bench = train_step.StepBench(variant, steps)
@@ -78,8 +83,9 @@ def run(config_name, pairs, batch_size=8, steps=2, repeats=3, image_size=224,
               "steps": steps, "repeats": repeats, "compile_s": round(b.compile_s, 2)}
              for b, s in zip(benches, samples)]
   base = records[0]
+  label = lambda r: f"{r['pair']} student {r['student_dtype']}"
   for record in records[1:]:
-    records.append({"kind": "ratio", "numerator": record["pair"], "denominator": base["pair"],
+    records.append({"kind": "ratio", "numerator": label(record), "denominator": label(base),
                     "step_time_ratio": round(record["step_ms"] / base["step_ms"], 3),
                     "cpu_time_ratio": round(record["cpu_ms_per_step"] / base["cpu_ms_per_step"],
                                             3)})
@@ -97,10 +103,13 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3, help="timed blocks per pair")
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--teacher-dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+  parser.add_argument("--student-dtype", default="auto",
+                      help="comma-separated: auto (the config's), float32, bfloat16")
   args = parser.parse_args(argv)
   pairs = args.pair.split(";" if ";" in args.pair else ",")
   for record in run(args.config, pairs, args.batch_size, args.steps,
-                    args.repeats, args.image_size, args.teacher_dtype):
+                    args.repeats, args.image_size, args.teacher_dtype,
+                    args.student_dtype.split(",")):
     benchmarks.emit(record)
 
 

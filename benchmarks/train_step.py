@@ -2,6 +2,7 @@
 
   python -m benchmarks.train_step --pair res56_res20 --method kd --batch-size 64 \
       [--steps 4] [--repeats 3] [--mode step|loop|both] [--teacher-dtype float32|bfloat16]
+      [--student-dtype float32|bfloat16]
       [--compare-torch] [--flops] [--variants='default;--xla_cpu_multi_thread_eigen=false']
 
 Prints one JSON line per measurement (`kind` 'measurement'), then ratio lines (`kind`
@@ -83,7 +84,8 @@ def method_config(pair, method):
 class Variant:
   """One (pair, method, teacher dtype): its Trainer with a random-weight teacher."""
 
-  def __init__(self, pair, method, teacher_dtype, batch_size, dataset, loop_steps):
+  def __init__(self, pair, method, teacher_dtype, batch_size, dataset, loop_steps,
+               student_dtype="float32"):
     import jax  # pylint: disable=g-import-not-at-top
     from flax import nnx  # pylint: disable=g-import-not-at-top
     from kd_jax import methods, models, train  # pylint: disable=g-import-not-at-top
@@ -91,6 +93,7 @@ class Variant:
     config = method_config(pair, method)
     config.batch_size = batch_size
     config.teacher.checkpoint, config.teacher.dtype = "", teacher_dtype
+    config.student.dtype = student_dtype
     devices = len(jax.devices())  # the recipe's eval batch, at most the test set, split evenly
     per_device = -(-min(config.eval_batch_size, len(dataset.test_labels)) // devices)
     config.eval_batch_size = per_device * devices
@@ -111,7 +114,7 @@ class Variant:
     self.trainer = train.Trainer(config, feeder, student, teacher, self.method, mesh,
                                  self.method.extras(setup), self.method.frozen(setup))
     self.record = {"pair": pair, "method": method, "batch_size": batch_size,
-                   "teacher_dtype": self.teacher_dtype,
+                   "teacher_dtype": self.teacher_dtype, "student_dtype": student_dtype,
                    "teacher": config.teacher.model if teacher else None,
                    "student": config.student.model}
 
@@ -264,7 +267,7 @@ def _ratio(name, numerator, denominator, **fields):
 
 def run(pairs, method_names, teacher_dtypes=("float32",), batch_size=64, steps=4,
         repeats=3, mode="step", loop_steps=12, compare_torch=False, torch_threads=None,
-        flops=False, workdir=None, cpu_devices=0):
+        flops=False, workdir=None, cpu_devices=0, student_dtype="float32"):
   """Builds every variant, times them interleaved; returns the JSON records."""
   _start_jax(cpu_devices)
   from kd_jax import data  # pylint: disable=g-import-not-at-top
@@ -291,7 +294,7 @@ def run(pairs, method_names, teacher_dtypes=("float32",), batch_size=64, steps=4
   test_size = max(1, round(CIFAR_TEST * train_size / (batch_size * REAL_STEPS_PER_EPOCH)))
   dataset = data.load("cifar100", "synthetic", synthetic_train_size=train_size,
                       synthetic_test_size=test_size)
-  variants = [Variant(*v, batch_size, dataset, loop_steps) for v in unique]
+  variants = [Variant(*v, batch_size, dataset, loop_steps, student_dtype) for v in unique]
   info = {**jax_info(), **benchmarks.host_info()}
 
   benches = []
@@ -467,6 +470,9 @@ def main(argv=None):
   parser.add_argument("--method", default="kd", help="comma-separated, e.g. ce,kd,dkd,cskd")
   parser.add_argument("--teacher-dtype", default="float32",
                       help="comma-separated: float32, bfloat16")
+  parser.add_argument("--student-dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="the student's compute (config.student.dtype); compare both with "
+                           "--variants='--student-dtype=float32;--student-dtype=bfloat16'")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--steps", type=int, default=4, help="steps per timed step block")
   parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant")
@@ -498,7 +504,7 @@ def main(argv=None):
     records = run(args.pair.split(","), args.method.split(","),
                   args.teacher_dtype.split(","), args.batch_size, args.steps, args.repeats,
                   args.mode, args.loop_steps, args.compare_torch, args.torch_threads,
-                  args.flops, args.workdir, args.cpu_devices)
+                  args.flops, args.workdir, args.cpu_devices, args.student_dtype)
   for record in records:
     benchmarks.emit(record)
 

@@ -47,8 +47,12 @@ def get_base(method: dict) -> ml_collections.ConfigDict:
   # bn_group_size > 0: BatchNorm statistics per group of that many samples of the global
   # batch (what nn.DataParallel gives per GPU); 0: the whole batch.
   # drop_path_rate: stochastic depth of transformer students (DeiT's recipe: 0.1).
+  # dtype: the compute of convolutions and matmuls, float32 or bfloat16; parameters,
+  # optimizer state, BatchNorm/LayerNorm statistics, softmax and losses stay float32.
+  # float32 as mdistiller/CRD trained (no AMP), and for the teacher too.
   config.student = ml_collections.ConfigDict(dict(model="resnet8x4", classifier_init="zoo",
-                                                  bn_group_size=0, drop_path_rate=0.0))
+                                                  bn_group_size=0, drop_path_rate=0.0,
+                                                  dtype="float32"))
   config.teacher = ml_collections.ConfigDict(dict(
       model="resnet32x4", checkpoint="", dtype="float32", train_epochs=0))
   # Every field of the method, at its dataclass default unless the recipe sets it.
@@ -67,6 +71,12 @@ def get_base(method: dict) -> ml_collections.ConfigDict:
   config.log_every_steps = 200
   config.checkpoint_keep = 2
   config.skip_nonfinite = False  # True: skip steps whose loss is NaN/inf instead of stopping
+  # How the run uses the machine, not what it computes (a resumed run may change them):
+  # JAX's persistent compilation cache, "auto" ($KD_JAX_COMPILE_CACHE or ~/.cache/kd_jax/xla),
+  # a directory, or "off" (kd_jax/compile_cache.py); profile_steps=(N, M): a profiler trace of
+  # steps N..M in <workdir>/tensorboard, () none (kd_jax/profiling.py).
+  config.compile_cache_dir = "auto"
+  config.profile_steps = ()
   # Whose recipe this is (paper, code, file): shown on the recipe card, kept in config.json.
   config.source = "mdistiller/CRD CIFAR-100 recipe (METHODS.md 6)"
   return config

@@ -23,8 +23,12 @@ plain crop + flip pipeline (emb_fea_distribution.py), which kd_jax recomputes.
 Loss: CE(class head, mixed targets) + min(1, e/5) 0.5 CE(distillation head, teacher
 argmax) + 1.5 ND; evaluation on the mean of both heads.
 
-The teacher runs in float32 as in their code (`--config.teacher.dtype=bfloat16` makes its
-forward pass cheaper; its top-1 agreement with float32 is unchecked). The published DeiT 83.4 is the DeiT
+Student and teacher compute in float32 as in their code: train_launch_distilled.py has no
+autocast. DeiT's own code (facebookresearch/deit engine.py) trains under
+torch.cuda.amp.autocast, float16 mixed precision; `--config.student.dtype=bfloat16
+--config.teacher.dtype=bfloat16` is its TPU/H100 counterpart (bfloat16 convolutions and
+matmuls, float32 parameters, optimizer, normalisation, softmax and losses), about twice
+the matmul throughput of TF32; its accuracy against float32 on this recipe is unmeasured. The published DeiT 83.4 is the DeiT
 paper's DeiT-B distilled, trained by DeiT's own recipe (0.5 CE + 0.5 hard distillation,
 lr 5e-4 x batch/512, weight decay 0.05, 5 warm-up epochs, repeated augmentation), which is
 not this recipe: `deit` here is the ablation, DeiT++ without ND.

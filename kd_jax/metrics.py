@@ -64,11 +64,20 @@ def _duration(seconds):
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-class Progress:
-  """Throughput and time left from the wall clock between two log points."""
+def flops_text(flops_per_second):
+  """'12.3 TFLOP/s' (SI prefixes)."""
+  for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+    if flops_per_second >= scale:
+      return f"{flops_per_second / scale:.3g} {prefix}FLOP/s"
+  return f"{flops_per_second:.3g} FLOP/s"
 
-  def __init__(self, total_steps, batch_size, start_step):
-    self.total_steps, self.batch_size = total_steps, batch_size
+
+class Progress:
+  """Throughput (images/s and, given the FLOPs of a step, achieved FLOP/s) and time left,
+  from the wall clock between two log points."""
+
+  def __init__(self, total_steps, batch_size, start_step, step_flops=None):
+    self.total_steps, self.batch_size, self.step_flops = total_steps, batch_size, step_flops
     self._last_step, self._last_time = start_step, time.perf_counter()
 
   def line(self, step, epoch, num_epochs, scalars):
@@ -78,7 +87,10 @@ class Progress:
     eta = (self.total_steps - step) * self.batch_size / max(images_per_second, 1e-9)
     self._last_step, self._last_time = step, now
     terms = "  ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+    speed = f"{images_per_second:.0f} img/s"
+    if self.step_flops:
+      speed += f"  {flops_text(images_per_second / self.batch_size * self.step_flops)}"
     text = (f"epoch {epoch + 1}/{num_epochs}  step {step}/{self.total_steps}  {terms}  "
-            f"{images_per_second:.0f} img/s  left {_duration(eta)}")
+            f"{speed}  left {_duration(eta)}")
     logging.info(text)
     return images_per_second

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, guards, train, validate
+from kd_jax import checkpoint, compile_cache, evaluation, guards, train, validate
 from kd_jax import step as step_lib
 from kd_jax.data import batch_augment, feeders
 from kd_jax.errors import UserError
@@ -380,6 +380,10 @@ def train_and_evaluate_seeds(config, seeds, workdirs, loaded=None, max_steps=Non
   if len(seeds) == 1:
     return [train.train_and_evaluate(configs[0], workdirs[0], loaded, max_steps, overwrite)]
   method = validate.check(config)
+  compile_cache.enable(config.compile_cache_dir)
+  if config.profile_steps:
+    logging.warning("config.profile_steps is for single runs (--config.seed=N): seeds "
+                    "trained together are not profiled")
   for seed_config in configs:
     validate.check(seed_config)
   if feeders.DATASETS.get(config.data.dataset, (None, None))[1] is not feeders.DeviceFeeder:

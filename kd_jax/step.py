@@ -162,6 +162,19 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
   return step
 
 
+def step_flops(jitted_step, *args):
+  """XLA's count of the floating-point operations of one call of `jitted_step` on `args`
+  (the global batch: augmentation, teacher forward, student forward and backward, update),
+  or None where the backend has no cost analysis. From the lowered program, before it is
+  partitioned over devices or compiled: costs one trace, compiles nothing."""
+  try:
+    cost = jitted_step.lower(*args).cost_analysis()
+  except (NotImplementedError, RuntimeError):
+    return None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
 def metric_shapes(step, state, frozen, batch):
   """The shapes of `step`'s metrics (traced once, nothing run)."""
   return jax.eval_shape(lambda s, f, b: step(s, None, f, b)[1], state, frozen, batch)

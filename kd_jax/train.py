@@ -24,7 +24,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, guards, models, run_files, validate
+from kd_jax import (checkpoint, compile_cache, evaluation, guards, models, profiling,
+                    run_files, validate)
 from kd_jax import step as step_lib
 from kd_jax.data import batch_augment, feeders
 from kd_jax.errors import UserError
@@ -73,6 +74,11 @@ class RunResult:
   metric: str = "top1"
   stopped_at: int | None = None  # the global step the same command resumes from
   signal: int | None = None  # the signal (SIGTERM/SIGINT) that stopped it
+  # This session's training speed: the median over log intervals after the first (which
+  # compiles), and XLA's FLOPs of one step (kd_jax.step.step_flops) where it counts them.
+  images_per_second: float | None = None
+  step_flops: float | None = None
+  flops_per_second: float | None = None
 
   @property
   def finished(self):
@@ -86,6 +92,7 @@ class Hooks:
   evaluate: Callable[[int, int], None]  # (epoch, step) at the end of each epoch
   checkpoint: Callable[[int], None]  # (step) after each epoch, and when stopping early
   stop: Callable[[int], bool]  # (step) -> stop now (preemption)
+  profile: Callable[[int, Any], None] = profiling.no_profile  # (steps done, state) before each
 
 
 def initial_state(config, student, extras, optimizer):
@@ -121,9 +128,12 @@ class Trainer:
         trainable_def=self.trainable_def, teacher_def=teacher_def,
         steps_per_epoch=self.steps_per_epoch, skip_nonfinite=config.skip_nonfinite,
         batch_augment=batch_augment.BatchAugment.from_config(config), seed=config.seed)
-    self._metric_shapes = step_lib.metric_shapes(step, self.state, self.frozen,
-                                                 feeder.example_train_batch())
+    example = feeder.example_train_batch()
+    self._metric_shapes = step_lib.metric_shapes(step, self.state, self.frozen, example)
     self.train_step = jax.jit(step, donate_argnums=(0, 1))
+    self.step_flops = step_lib.step_flops(self.train_step, self.state, self.init_metric_sums(),
+                                          self.frozen, example)
+    self.rates = []  # images/s of each log interval of this session
     self.metric = getattr(feeder.info, "metric", "top1")
     self.evaluate = evaluation.create(feeder, self.trainable_def)
     self.evaluate_teacher = teacher and evaluation.create(feeder, teacher_def)
@@ -142,6 +152,7 @@ class Trainer:
       batches = self.feeder.train_batches(epoch)
       sums, summed = self.init_metric_sums(), 0
       while step < end and not hooks.stop(step):
+        hooks.profile(step, self.state)
         self.state, sums = self.train_step(self.state, sums, self.frozen, next(batches))
         step, summed = step + 1, summed + 1
         if step % log_every == 0 or step == end:
@@ -150,6 +161,7 @@ class Trainer:
       if step % self.steps_per_epoch == 0:
         hooks.evaluate(epoch, step)
       hooks.checkpoint(step)
+    hooks.profile(step, self.state)
     return step
 
   def run(self, workdir, max_steps=None) -> RunResult:
@@ -162,6 +174,8 @@ class Trainer:
     self.workdir = workdir
     checkpoints = checkpoint.RunCheckpoints(workdir, self.config.checkpoint_keep)
     writer = MetricWriter(workdir)
+    profiler = (profiling.StepProfiler(self.config.profile_steps, workdir)
+                if self.config.profile_steps else None)
     try:
       progress = {"best_top1": None, "best_epoch": None, "last_top1": None, "teacher_top1": None}
       if checkpoints.latest_step() is not None:
@@ -175,19 +189,26 @@ class Trainer:
         progress["teacher_top1"] = teacher_eval[self.metric]
         logging.info("teacher test %s %.2f%%", self.metric, teacher_eval[self.metric])
         writer.write(step, "teacher_eval", teacher_eval)
-      meter = Progress(self.total_steps, self.config.batch_size, step)
+      meter = Progress(self.total_steps, self.config.batch_size, step, self.step_flops)
       hooks = Hooks(
           log=lambda step, sums, summed: self._log(writer, meter, step, sums, summed),
           evaluate=lambda epoch, step: self._evaluate_epoch(progress, writer, epoch, step),
           checkpoint=lambda step: checkpoints.save(
               step, self.state, progress | {"data_state": self.feeder.state()}),
-          stop=self._stop_agreed)
+          stop=self._stop_agreed, profile=profiler or profiling.no_profile)
       step = self.train_loop(step, min(max_steps or self.total_steps, self.total_steps), hooks)
     finally:
+      if profiler:
+        profiler.stop()
       checkpoints.close()
       writer.close()
     result = RunResult(progress["best_top1"], progress["best_epoch"], progress["last_top1"],
                        progress["teacher_top1"], self.config.num_epochs, metric=self.metric)
+    if self.rates:
+      result.images_per_second = float(np.median(self.rates[1:] or self.rates))
+      result.step_flops = self.step_flops
+      if self.step_flops:
+        result.flops_per_second = result.images_per_second / self.config.batch_size * self.step_flops
     if step < self.total_steps:
       logging.info("stopped at step %d of %d (epoch %d); rerun the same command to resume",
                    step, self.total_steps, step // self.steps_per_epoch + 1)
@@ -206,6 +227,9 @@ class Trainer:
                      "is kept: lower config.optim.lr or set config.skip_nonfinite=True")
     epoch = (step - 1) // self.steps_per_epoch
     means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
+    self.rates.append(means["images_per_second"])
+    if self.step_flops:
+      means["flops_per_second"] = means["images_per_second"] / self.config.batch_size * self.step_flops
     means["lr"] = float(self.schedule(step - 1))
     if getattr(self.feeder, "skipped_images", 0):  # host-fed data, config.data.bad_images
       means["skipped_images"] = self.feeder.skipped_images
@@ -245,8 +269,9 @@ class Trainer:
 
 def create_student(config, num_classes):
   """The student as the recipe initialises it (config.student.classifier_init) and trains
-  it (config.student.drop_path_rate)."""
+  it (config.student.drop_path_rate, compute in config.student.dtype)."""
   return models.create(config.student.model, num_classes, rngs=nnx.Rngs(config.seed),
+                       dtype=DTYPES[config.student.dtype],
                        classifier_init=config.student.classifier_init,
                        drop_path_rate=config.student.drop_path_rate,
                        **config.student.get("options", {}))
@@ -265,6 +290,10 @@ def _flat(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
+# How a run uses the machine, not what it computes: a resumed run may change them.
+RUNTIME_FIELDS = ("compile_cache_dir", "profile_steps")
+
+
 def _check_config_matches(config, workdir):
   """A workdir holds one experiment, finished or not: refuse another config, naming the
   fields that differ."""
@@ -274,7 +303,7 @@ def _check_config_matches(config, workdir):
   stored = _flat(run_files.read_json(config_path))
   current = _flat(json.loads(config.to_json_best_effort()))
   differ = sorted(key for key in stored.keys() | current.keys()
-                  if stored.get(key) != current.get(key))
+                  if stored.get(key) != current.get(key) and key not in RUNTIME_FIELDS)
   if differ:
     shown = ", ".join(f"{key} {stored.get(key)!r} -> {current.get(key)!r}"
                       for key in differ[:4]) + (" ..." if len(differ) > 4 else "")
@@ -291,6 +320,7 @@ def _record_run(config, workdir, num_classes):
     run_files.write_text(os.path.join(workdir, checkpoint.RUN_INFO), json.dumps(
         {"model": config.student.model, "num_classes": num_classes,
          "method": config.method.name, "devices": jax.device_count(),
+         "compute_dtype": {"student": config.student.dtype, "teacher": config.teacher.dtype},
          "platform": jax.devices()[0].platform, "versions": _versions()}, indent=2))
 
 
@@ -360,6 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, loaded=N
   stopped by SIGTERM/SIGINT returns with `stopped_at` and `signal` set.
   """
   method = validate.check(config)
+  compile_cache.enable(config.compile_cache_dir)
   if "://" in workdir:
     raise UserError(f"--workdir={workdir}: remote URLs are not supported; mount the bucket "
                     "(e.g. gcsfuse) and pass the mount path")

@@ -78,6 +78,7 @@ RULES = {
     "augment.erase_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "augment.smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "augment.mix_group_size": (_non_negative, ">= 0 (0: the whole batch)"),
+    "student.dtype": (DTYPES.__contains__, f"one of {', '.join(DTYPES)}"),
     "teacher.dtype": (DTYPES.__contains__, f"one of {', '.join(DTYPES)}"),
     "teacher.train_epochs": (_non_negative, ">= 0"),
     "teacher.input_norm": (models.INPUT_NORMS.__contains__,
@@ -121,6 +122,7 @@ def check(config):
   if config.data.dataset in data.DATASETS and config.data.source not in data.SOURCES:
     raise UserError(f"config.data.source={config.data.source!r} must be one of "
                     f"{', '.join(data.SOURCES)}")
+  _check_runtime(config)
   devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % devices:
@@ -173,6 +175,18 @@ def check(config):
     if not config.teacher.checkpoint:
       check(teacher_bootstrap_config(config))
   return method
+
+
+def _check_runtime(config):
+  """config.compile_cache_dir (a directory, "auto" or "off") and config.profile_steps."""
+  if not isinstance(config.compile_cache_dir, str) or not config.compile_cache_dir:
+    raise UserError(f"config.compile_cache_dir={config.compile_cache_dir!r} must be a "
+                    "directory, 'auto' or 'off'")
+  steps = tuple(config.profile_steps)
+  if steps and not (len(steps) == 2 and all(isinstance(s, int) for s in steps)
+                    and 1 <= steps[0] <= steps[1]):
+    raise UserError(f"config.profile_steps={steps!r} must be N,M with 1 <= N <= M (the "
+                    "steps to trace), or () for none")
 
 
 def teacher_bootstrap_config(config):

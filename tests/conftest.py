@@ -1,8 +1,9 @@
 """Test session set-up: 8 simulated CPU devices, so sharding tests can compare 1 vs 8.
 
 Set before JAX initialises its backends; single-device tests just use device 0.
-Also one persistent XLA compilation cache per session (see _share_compilations) and, under
-xdist, whole files per worker (see pytest_cmdline_main); tests/README.md has the numbers.
+Also one persistent XLA compilation cache per session, in a temporary directory, not the
+user's ~/.cache (see _share_compilations), and, under xdist, whole files per worker (see
+pytest_cmdline_main); tests/README.md has the numbers.
 """
 import atexit
 import importlib.util
@@ -36,6 +37,7 @@ def _share_compilations():
     directory = tempfile.mkdtemp(prefix="kd_jax_tests_xla_cache_")
     os.environ[_CACHE_VARIABLE] = directory
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  os.environ["KD_JAX_COMPILE_CACHE"] = directory  # runs' compile_cache_dir="auto" (kd_jax)
   settings = {"jax_compilation_cache_dir": directory,
               "jax_persistent_cache_min_compile_time_secs": 0}
   if importlib.util.find_spec("filelock") is not None:  # JAX needs it for a size limit

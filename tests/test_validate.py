@@ -43,7 +43,7 @@ ILL_TYPED = st.one_of(st.text(max_size=5), st.lists(st.integers(), max_size=2), 
 # Fields whose value is free (a path, a name of the user's choice, a seed's size...): any
 # value of the right type is acceptable, so only ill-typed values are drawn for them.
 FREE = ("data.data_dir", "teacher.checkpoint", "source", "method.name", "seed", "skip_nonfinite",
-        "method.standardize", "method.cswt", "method.warmup_nd")
+        "method.standardize", "method.cswt", "method.warmup_nd", "compile_cache_dir")
 
 
 def _set(config, field, value):
@@ -90,6 +90,9 @@ def _acceptable(config, field, value):
     return True
   if field in ("student.model", "teacher.model") and value in models.names():
     return True  # hypothesis also draws strings mined from the code: a real model's name
+  if field == "profile_steps":  # none, or the steps N..M to trace
+    steps = tuple(value)
+    return not steps or len(steps) == 2 and 1 <= steps[0] <= steps[1]
   if field == "optim.decay_epochs":
     epochs = list(value)
     return epochs == sorted(set(epochs)) and all(0 < e <= config.num_epochs for e in epochs)
@@ -111,6 +114,9 @@ def _acceptable(config, field, value):
     ("student.model", "resnet9", "unknown model 'resnet9'"),
     ("optim.name", "lamb", "config.optim.name='lamb' must be one of sgd, adamw"),
     ("optim.schedule", "linear", "config.optim.schedule='linear' must be one of step, warmup_cosine"),
+    ("profile_steps", (5, 2), "config.profile_steps=(5, 2) must be N,M with 1 <= N <= M"),
+    ("profile_steps", (0, 2), "config.profile_steps=(0, 2) must be N,M with 1 <= N <= M"),
+    ("compile_cache_dir", "", "config.compile_cache_dir='' must be a directory, 'auto' or 'off'"),
 ])
 def test_named_constraints(field, value, message):
   config = cifar_cskd.get_config("smoke")

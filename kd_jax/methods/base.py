@@ -68,6 +68,14 @@ class Setup:
     return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[1], state, images)
 
 
+def float32_outputs(output):
+  """`output` with every floating array in float32: a bfloat16 model's logits and
+  features reach the losses and the method's extras (connectors, heads, memory banks, all
+  float32) in float32 (DESIGN.md Precision)."""
+  return jax.tree.map(lambda x: x.astype(jnp.float32)
+                      if jnp.issubdtype(x.dtype, jnp.floating) else x, output)
+
+
 def non_negative(default):
   """A loss weight: a declared constraint of >= 0, checked when the method is built."""
   return dataclasses.field(default=default, metadata={"min": 0})
@@ -170,10 +178,12 @@ class Method:
     single = self.num_views == 1
     teacher_out = None
     if teacher is not None:
-      teacher_out = [ModelOutput(*teacher(view, train=self.teacher_batch_statistics))
+      teacher_out = [float32_outputs(ModelOutput(*teacher(view,
+                                                          train=self.teacher_batch_statistics)))
                      for view in views]  # any BatchNorm statistics it updates are dropped
       teacher_out = jax.lax.stop_gradient(teacher_out[0] if single else tuple(teacher_out))
-    student_out = [ModelOutput(*trainable.student(view, train=True)) for view in views]
+    student_out = [float32_outputs(ModelOutput(*trainable.student(view, train=True)))
+                   for view in views]
     total, terms = self.loss(student_out[0] if single else tuple(student_out), teacher_out,
                              targets, epoch, aux)
     labels = getattr(targets, "labels", targets)

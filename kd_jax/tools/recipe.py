@@ -46,7 +46,8 @@ def card(config):
   """The recipe as (label, text) pairs, in reading order."""
   method = methods.create(config.method)
   student, teacher = config.student, config.teacher
-  student_line = f"{student.model} ({models.pooled_dim(student.model)}-d features)"
+  student_line = (f"{student.model} ({models.pooled_dim(student.model)}-d features; "
+                  f"{_compute(student.dtype)})")
   if student.classifier_init != "zoo":
     student_line += f", classifier init {student.classifier_init}"
   student_line += (f", BatchNorm statistics per {student.bn_group_size} samples"
@@ -57,7 +58,8 @@ def card(config):
                                    if teacher.train_epochs else "no checkpoint set")
     mode = ("BatchNorm on batch statistics" if method.teacher_batch_statistics
             else "eval mode")
-    lines.append(("teacher", f"{teacher.model} ({where}; {teacher.dtype}, frozen, {mode})"))
+    lines.append(("teacher", f"{teacher.model} ({where}; {_compute(teacher.dtype)}, frozen, "
+                             f"{mode})"))
     widths = models.pooled_dim(student.model), models.pooled_dim(teacher.model)
     lines += method.describe_extras(*widths).items()
   data = config.data
@@ -86,6 +88,13 @@ def card(config):
     lines.append(("published", f"{name or 'trained alone'} {number:.2f} "
                                f"({published.SOURCES.get(key, 'mdistiller/CRD README')})"))
   return lines
+
+
+def _compute(dtype):
+  """The precision policy of a model in words (kd_jax.models.layers)."""
+  if dtype == "bfloat16":
+    return "bfloat16 compute, float32 parameters and normalisation"
+  return "float32"
 
 
 def _optimizer_line(optim):
