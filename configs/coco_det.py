@@ -11,6 +11,13 @@ ResizeShortestEdge (640..800 step 32, max 1333) + flip, test 800 / 1333. A loop 
 is `data.period` = 5000 iterations (detectron2's CHECKPOINT_PERIOD): a checkpoint after
 each, COCO AP every `eval_every_epochs` of them and after the last.
 
+The detector starts from ImageNet weights (detectron2's MODEL.WEIGHTS), read without torch
+from `student.options.weights` (kd_jax/detection/weights.py): MSRA R-50.pkl / R-101.pkl
+(https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl, R-101.pkl),
+torchvision's resnet18-f37072fd.pth, tonylins/pytorch-mobilenet-v2's mobilenet_v2.pth.tar,
+expected in download_ckpts/detection/ (a missing file is a one-line error; '' trains
+from scratch, which detectron2's recipe never does).
+
 Data: TFDS `coco/2017` (data.source "tfds"), or data.source "folder" with
 data.data_dir holding annotations/instances_{train,val}2017.json and train2017/ val2017/.
 Inputs as the weights expect them: MSRA R50/R101 BGR with detectron2's pixel mean and unit
@@ -30,12 +37,16 @@ from configs import cifar_common
 
 BGR_MEAN = (103.530, 116.280, 123.675)  # detectron2's PIXEL_MEAN (BGR)
 IMAGENET_STD_BGR = (57.375, 57.120, 58.395)  # the ND R18 configs' PIXEL_STD
-BACKBONES = {  # bottom-up -> student options (DetectorConfig fields and freeze_at)
-    "R18": dict(input_format="RGB", pixel_mean=BGR_MEAN, pixel_std=IMAGENET_STD_BGR),
-    "R50": dict(input_format="BGR", pixel_mean=BGR_MEAN, pixel_std=(1.0, 1.0, 1.0)),
-    "R101": dict(input_format="BGR", pixel_mean=BGR_MEAN, pixel_std=(1.0, 1.0, 1.0)),
+WEIGHTS = "download_ckpts/detection/"  # where the ImageNet weights files are expected
+BACKBONES = {  # bottom-up -> student options (DetectorConfig fields, freeze_at, weights)
+    "R18": dict(input_format="RGB", pixel_mean=BGR_MEAN, pixel_std=IMAGENET_STD_BGR,
+                weights=WEIGHTS + "resnet18-f37072fd.pth"),
+    "R50": dict(input_format="BGR", pixel_mean=BGR_MEAN, pixel_std=(1.0, 1.0, 1.0),
+                weights=WEIGHTS + "R-50.pkl"),
+    "R101": dict(input_format="BGR", pixel_mean=BGR_MEAN, pixel_std=(1.0, 1.0, 1.0),
+                 weights=WEIGHTS + "R-101.pkl"),
     "MV2": dict(input_format="RGB", pixel_mean=BGR_MEAN, pixel_std=IMAGENET_STD_BGR,
-                freeze_at=0),
+                freeze_at=0, weights=WEIGHTS + "mobilenet_v2.pth.tar"),
 }
 SMOKE_OPTIONS = dict(pre_nms_topk_train=200, post_nms_topk_train=100, pre_nms_topk_test=100,
                      post_nms_topk_test=50, roi_batch_size_per_image=64,
@@ -74,7 +85,7 @@ def smoke(config):
                           data_dir=os.path.join(tempfile.gettempdir(), "kd_jax_shapes")))
   config.student.model = "faster_rcnn_R18micro_FPN"
   config.student.options = ml_collections.ConfigDict(
-      dict(BACKBONES["R18"], **SMOKE_OPTIONS))
+      dict(BACKBONES["R18"], weights="", **SMOKE_OPTIONS))
   config.optim.update(dict(lr=0.005, decay_steps=(15,), warmup_steps=5))
   config.num_epochs, config.eval_every_epochs = 2, 2
   config.batch_size, config.eval_batch_size, config.log_every_steps = 8, 8, 5

@@ -169,6 +169,11 @@ def check(config):
   if method.num_views > 1 and feeders.DATASETS[config.data.dataset][1] is feeders.HostFeeder:
     raise UserError(f"method {config.method.name!r} makes {method.num_views} views of each image "
                     f"on the device; {config.data.dataset} is augmented on the host")
+  weights = config.student.get("options", {}).get("weights")
+  if weights and not os.path.exists(weights):
+    raise UserError(f"detector weights not found: {weights} (config.student.options.weights, "
+                    "detectron2's MODEL.WEIGHTS): put the ImageNet weights file there (the "
+                    "config's docstring says which), or set it to '' to train from scratch")
   if method.needs_teacher:
     models.pooled_dim(config.teacher.model)
     _check_teacher(config.teacher)

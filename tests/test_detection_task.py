@@ -104,3 +104,31 @@ def test_coco_det_smoke_through_main(tmp_path):
                  check=True, capture_output=True, timeout=1800)
   summary = json.load(open(tmp_path / "run" / "summary.json"))
   assert summary["metric"] == "AP" and summary["best_top1"] >= 0
+
+
+def test_weights_option_starts_the_detector_from_a_bottom_up_file(tmp_path):
+  """student.options.weights = a detectron2 .pkl of the bottom-up network alone (as
+  ImageNet weights are): those tensors land in the backbone, by detectron2 name."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
+  from kd_jax.detection import detectron2_names  # pylint: disable=g-import-not-at-top
+  abstract = nnx.eval_shape(lambda: models.create("faster_rcnn_R18micro_FPN", 3,
+                                                  rngs=nnx.Rngs(0)))
+  prefix = "backbone.bottom_up."
+  rng = np.random.default_rng(0)
+  variables = dict(nnx.iter_graph(abstract))
+  state = {name: rng.normal(size=detectron2_names.torch_shape(variables[path].shape)).astype(
+      np.float32) for name, path in detectron2_names.detectron2_names(abstract).items()
+           if name.startswith(prefix)}
+  path = tmp_path / "bottom_up.pkl"
+  with open(path, "wb") as file:
+    pickle.dump({"model": state, "__author__": "test"}, file)
+  model = models.create("faster_rcnn_R18micro_FPN", 3, rngs=nnx.Rngs(0), weights=str(path))
+  conv = state["backbone.bottom_up.stem.conv1.weight"]  # OIHW -> HWIO
+  np.testing.assert_array_equal(np.asarray(model.backbone.bottom_up.stem.conv1.kernel[...]),
+                                conv.transpose(2, 3, 1, 0))
+  config = coco_det.get_config("R50")
+  with pytest.raises(UserError, match="detector weights not found: download_ckpts/detection/"
+                                      "R-50.pkl"):
+    validate.check(config)
