@@ -132,3 +132,48 @@ def test_weights_option_starts_the_detector_from_a_bottom_up_file(tmp_path):
   with pytest.raises(UserError, match="detector weights not found: download_ckpts/detection/"
                                       "R-50.pkl"):
     validate.check(config)
+
+
+@pytest.mark.slow
+def test_one_detection_step_on_8_devices_equals_1_device(tmp_path, shapes_dir):
+  """The four losses and the updated parameters agree (the batch of 8 sharded 8 ways).
+  Default-suite check of the same step: test_a_detection_run_trains_evaluates_and_writes_ap."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from kd_jax import methods  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import feeders  # pylint: disable=g-import-not-at-top
+  config = _tiny(tmp_path, shapes_dir)
+  method, loaded = methods.create(config.method), feeders.load(config)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()[:8]):
+    mesh = train.data_mesh(devices)
+    feeder = feeders.create(config, mesh, loaded)
+    trainer = train.Trainer(config, feeder, train.create_student(config, 3), None, method, mesh)
+    state, sums = trainer.train_step(trainer.state, trainer.init_metric_sums(), trainer.frozen,
+                                     next(feeder.train_batches(0)))
+    results.append(jax.device_get((sums, nnx.to_pure_dict(state.params))))
+  (sums_1, params_1), (sums_8, params_8) = results
+  for key in ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"):
+    np.testing.assert_allclose(sums_8[key], sums_1[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_8)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_micro_detector_learns_the_shapes(tmp_path, shapes_dir):
+  """main.py's loop on the synthetic shapes (3 classes) from scratch: 300 iterations of
+  AdamW (SGD at the recipe's lr diverges without pretrained weights: FrozenBN is the
+  identity) reach AP50 >= 20, and pycocotools' AP equals faster-coco-eval's on the
+  detections the run wrote."""
+  config = _tiny(tmp_path, shapes_dir, epochs=3, period=100)
+  config.optim.update(dict(name="adamw", lr=1e-3, weight_decay=1e-4, decay_steps=(250,)))
+  workdir = tmp_path / "run"
+  result = train.train_and_evaluate(config, str(workdir))
+  evals = [json.loads(line) for line in open(workdir / "metrics.jsonl") if '"eval"' in line]
+  assert evals[-1]["AP50"] >= 20, evals[-1]
+  from faster_coco_eval import COCO, COCOeval_faster  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import coco  # pylint: disable=g-import-not-at-top
+  ground_truth = COCO(coco.load("validation", "shapes", str(shapes_dir)).ground_truth())
+  detections = ground_truth.loadRes(str(workdir / "eval" / "coco_instances_results.json"))
+  other = COCOeval_faster(ground_truth, detections, "bbox", print_function=lambda *a, **k: None)
+  other.evaluate(), other.accumulate(), other.summarize()
+  np.testing.assert_allclose(100 * other.stats[0], result.last_top1, atol=0.05)
