@@ -172,6 +172,7 @@ def test_log_adds_skipped_images_of_the_feeder(monkeypatch):
   trainer.config = _config("unused")
   trainer.config.skip_nonfinite = False
   trainer.steps_per_epoch, trainer.schedule = 4, lambda step: 0.1
+  trainer.rates, trainer.step_flops = [], None
   trainer.feeder = type("Feeder", (), {"skipped_images": 3})()
   from kd_jax import step as step_lib  # pylint: disable=g-import-not-at-top
   sums = {"loss": np.float32(2.0), step_lib.FIRST_NONFINITE: np.int32(step_lib.NEVER)}

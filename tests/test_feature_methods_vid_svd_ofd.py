@@ -342,7 +342,8 @@ def test_ofd_with_a_teacher_without_batchnorm_margins_is_a_user_error():
 
 
 # The CNN zoo (METHODS.md 7, 9); transformers and timm's RegNet have no OFD margins.
-CNN_NAMES = [name for name in models.names() if not name.startswith(("vit_", "deit_", "regnety_"))]
+CNN_NAMES = [name for name in models.names()
+             if not name.startswith(("vit_", "deit_", "regnety_")) and name not in models.DETECTORS]
 
 
 @pytest.mark.parametrize("name", CNN_NAMES)
