@@ -13,7 +13,9 @@ import pytest
 import torch
 import torchvision
 
-from kd_jax.detection import anchors, boxes, matcher, sampling
+from kd_jax.detection import anchors, boxes, matcher, roi_align, sampling
+from kd_jax.detection import nms as nms_ops
+from kd_jax.detection import postprocess, proposals
 
 
 def random_boxes(rng, count, size=100.0, min_side=1.0, max_side=40.0):
@@ -221,3 +223,248 @@ def test_sample_indices_roi_heads_layout():
       jax.random.key(1), gt_classes, few_valid, 64, 0.25, num_classes))
   expected = min((few_valid & fg).sum(), 16) + (few_valid & (gt_classes == num_classes)).sum()
   assert ok.sum() == expected and not ok[expected:].any() and np.all(few_valid[indices[ok]])
+
+
+# --- roi_align ----------------------------------------------------------------------------
+
+def torch_roi_align(features, rois, output_size, scale, sampling_ratio, aligned=True):
+  """torchvision.ops.roi_align on one NHWC map, returned NHWC."""
+  nchw = torch.from_numpy(np.ascontiguousarray(features.transpose(2, 0, 1)[None]))
+  out = torchvision.ops.roi_align(nchw, [torch.from_numpy(rois)], output_size, scale,
+                                  sampling_ratio, aligned)
+  return out.numpy().transpose(0, 2, 3, 1)
+
+
+def roi_boxes(rng, count, image_hw):
+  """Boxes over and partly outside an image, sides 0..40 px, one empty box."""
+  x1y1 = rng.uniform(-15, np.asarray(image_hw[::-1]) + 5, (count, 2))
+  out = np.concatenate([x1y1, x1y1 + rng.uniform(0, 40, (count, 2))], axis=1).astype(np.float32)
+  out[0] = [8, 8, 8, 20]
+  return out
+
+
+@pytest.mark.parametrize("sampling_ratio,aligned", [(0, True), (2, True), (0, False)])
+def test_roi_align_matches_torchvision(sampling_ratio, aligned):
+  rng = np.random.default_rng(6)
+  features = rng.normal(size=(9, 13, 3)).astype(np.float32)
+  rois = roi_boxes(rng, 30, (36, 52))
+  # Stride 4 and sides < 40 px: at most 10 feature px per side, ceil(10 / 3) = 4 <= the bound.
+  got = np.asarray(roi_align.roi_align(jnp.asarray(features), jnp.asarray(rois), (3, 3), 0.25,
+                                       sampling_ratio, aligned))
+  expected = torch_roi_align(features, rois, (3, 3), 0.25, sampling_ratio, aligned)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  # The empty box has no adaptive samples (ceil(0) = 0) when aligned: torchvision gives 0.
+  assert np.all(got[0] == 0) == (aligned and sampling_ratio == 0)
+
+
+def test_roi_align_gradient_matches_torchvision():
+  rng = np.random.default_rng(7)
+  features = rng.normal(size=(9, 13, 2)).astype(np.float32)
+  rois = roi_boxes(rng, 12, (36, 52))
+  cotangent = rng.normal(size=(12, 3, 3, 2)).astype(np.float32)
+  pool = lambda f: roi_align.roi_align(f, jnp.asarray(rois), (3, 3), 0.25, 0, True)
+  got = np.asarray(jax.vjp(pool, jnp.asarray(features))[1](jnp.asarray(cotangent))[0])
+  nchw = torch.from_numpy(features.transpose(2, 0, 1)[None].copy()).requires_grad_()
+  out = torchvision.ops.roi_align(nchw, [torch.from_numpy(rois)], (3, 3), 0.25, 0, True)
+  out.backward(torch.from_numpy(cotangent.transpose(0, 3, 1, 2).copy()))
+  np.testing.assert_allclose(got, nchw.grad.numpy()[0].transpose(1, 2, 0), atol=1e-5)
+
+
+def test_roi_align_bound_equals_fixed_sampling_for_large_boxes():
+  """Past the bound the adaptive grid becomes max_sampling samples per axis (module docstring)."""
+  rng = np.random.default_rng(8)
+  features = rng.normal(size=(20, 20, 2)).astype(np.float32)
+  large = np.asarray([[0, 0, 60, 70], [5, 3, 79, 66]], np.float32)  # ceil(side / 4 / 3): 5..7
+  small = np.asarray([[0, 0, 20, 22], [5, 3, 30, 33]], np.float32)  # ceil(side / 3) <= 3
+  pool = lambda rois, bound: np.asarray(roi_align.roi_align(
+      jnp.asarray(features), jnp.asarray(rois), 3, 0.25, 0, max_sampling=bound))
+  np.testing.assert_allclose(pool(large, 3), torch_roi_align(features, large, 3, 0.25, 3), atol=1e-5)
+  np.testing.assert_allclose(pool(large, 7), torch_roi_align(features, large, 3, 0.25, 0), atol=1e-5)
+  assert np.abs(pool(large, 3) - pool(large, 7)).max() > 1e-3
+  np.testing.assert_allclose(pool(small, 3), torch_roi_align(features, small, 3, 0.25, 0), atol=1e-5)
+
+
+def np_assign_levels(rois, min_level, max_level, canonical_box, canonical_level):
+  """poolers.py assign_boxes_to_levels."""
+  sizes = np.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
+  levels = np.floor(canonical_level + np.log2(sizes / canonical_box + 1e-8))
+  return np.clip(levels, min_level, max_level).astype(np.int64) - min_level
+
+
+def test_multilevel_roi_align_matches_detectron2_pooler():
+  """poolers.py ROIPooler.forward (ROIAlignV2): each box pooled by roi_align on its level."""
+  rng = np.random.default_rng(9)
+  scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+  maps = [rng.normal(size=(64 // s, 96 // s, 2)).astype(np.float32) for s in (4, 8, 16, 32)]
+  sides = np.asarray([4, 10, 30, 60, 112, 200, 230, 300, 450, 500], np.float32)
+  rois = np.stack([np.full(10, 3.0), np.full(10, 5.0), 3 + sides, 5 + sides * 0.9], 1)
+  rois = np.concatenate([rois, roi_boxes(rng, 10, (256, 384)) * 4]).astype(np.float32)
+  levels = np_assign_levels(rois, 2, 5, 224, 4)
+  np.testing.assert_array_equal(np.asarray(roi_align.assign_levels(jnp.asarray(rois))), levels)
+  assert set(levels) == {0, 1, 2, 3}
+  expected = np.zeros((len(rois), 5, 5, 2), np.float32)
+  for level, (features, scale) in enumerate(zip(maps, scales)):
+    at_level = levels == level
+    expected[at_level] = torch_roi_align(features, rois[at_level], 5, scale, 0)
+  pool = jax.jit(lambda f, b: roi_align.multilevel_roi_align(f, b, 5, scales, max_sampling=32))
+  np.testing.assert_allclose(np.asarray(pool([jnp.asarray(m) for m in maps], rois)), expected,
+                             atol=1e-5)
+
+
+# --- nms ----------------------------------------------------------------------------------
+
+def clustered_boxes(rng, count, clusters=6):
+  """Boxes jittered around a few centres (long suppression chains), scores with ties."""
+  centres = random_boxes(rng, clusters, size=60, min_side=10, max_side=40)
+  out = centres[rng.integers(0, clusters, count)] + rng.normal(0, 3, (count, 4))
+  out[:, 2:] = np.maximum(out[:, 2:], out[:, :2] + 0.5)
+  scores = np.round(rng.uniform(0, 1, count), 2).astype(np.float32)  # many exact ties
+  out[5] = out[4]  # a duplicate box
+  return out.astype(np.float32), scores
+
+
+@pytest.mark.parametrize("block_size", [16, 256])
+def test_nms_matches_torchvision(block_size):
+  rng = np.random.default_rng(10)
+  rois, scores = clustered_boxes(rng, 150)
+  valid = rng.uniform(size=150) < 0.9
+  fn = jax.jit(lambda b, s, v: nms_ops.nms(b, s, v, 0.5, 150, block_size))
+  indices, ok = map(np.asarray, fn(rois, scores, valid))
+  where_valid = np.nonzero(valid)[0]
+  expected = where_valid[torchvision.ops.nms(torch.from_numpy(rois[valid]),
+                                             torch.from_numpy(scores[valid]), 0.5).numpy()]
+  assert 10 < len(expected) < valid.sum()
+  np.testing.assert_array_equal(indices[ok], expected)
+  assert not ok[len(expected):].any()
+  # Truncation to max_output keeps the highest-scoring kept boxes.
+  indices, ok = map(np.asarray, jax.jit(lambda b, s, v: nms_ops.nms(b, s, v, 0.5, 8, block_size))(
+      rois, scores, valid))
+  np.testing.assert_array_equal(indices, expected[:8])
+  assert ok.all()
+
+
+@pytest.mark.parametrize("block_size", [32, 512])
+def test_batched_nms_matches_torchvision(block_size):
+  rng = np.random.default_rng(11)
+  rois, scores = clustered_boxes(rng, 300, clusters=4)
+  classes = rng.integers(0, 5, 300).astype(np.int32)
+  valid = np.ones(300, bool)
+  valid[-10:] = False
+  fn = jax.jit(lambda b, s, c, v: nms_ops.batched_nms(b, s, c, v, 0.7, 300, block_size))
+  indices, ok = map(np.asarray, fn(rois, scores, classes, valid))
+  expected = torchvision.ops.batched_nms(torch.from_numpy(rois[:-10]), torch.from_numpy(scores[:-10]),
+                                         torch.from_numpy(classes[:-10]), 0.7).numpy()
+  np.testing.assert_array_equal(indices[ok], expected)
+  assert ok.sum() == len(expected)
+
+
+# --- proposals ----------------------------------------------------------------------------
+
+def np_find_top_rpn_proposals(proposals, logits, image_size, nms_thresh, pre_nms_topk,
+                              post_nms_topk, min_box_size):
+  """proposal_utils.py find_top_rpn_proposals for one image (inference: drops non-finite)."""
+  topk_scores, topk_proposals, level_ids = [], [], []
+  for level_id, (proposals_i, logits_i) in enumerate(zip(proposals, logits)):
+    num = min(len(logits_i), pre_nms_topk)
+    idx = np.argsort(-logits_i, kind="stable")[:num]
+    topk_scores.append(logits_i[idx])
+    topk_proposals.append(proposals_i[idx])
+    level_ids.append(np.full(num, level_id))
+  scores, boxes, lvl = map(np.concatenate, (topk_scores, topk_proposals, level_ids))
+  valid = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+  scores, boxes, lvl = scores[valid], boxes[valid], lvl[valid]
+  h, w = image_size
+  boxes = np.stack([boxes[:, 0].clip(0, w), boxes[:, 1].clip(0, h), boxes[:, 2].clip(0, w),
+                    boxes[:, 3].clip(0, h)], axis=1)
+  keep = ((boxes[:, 2] - boxes[:, 0]) > min_box_size) & ((boxes[:, 3] - boxes[:, 1]) > min_box_size)
+  scores, boxes, lvl = scores[keep], boxes[keep], lvl[keep]
+  keep = torchvision.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                     torch.from_numpy(lvl), nms_thresh).numpy()[:post_nms_topk]
+  return boxes[keep], scores[keep]
+
+
+@pytest.mark.parametrize("min_box_size", [0.0, 3.0])
+def test_find_top_proposals_matches_detectron2(min_box_size):
+  rng = np.random.default_rng(12)
+  hws = [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+  level_anchors = anchors.all_anchors(hws, sizes=((8,), (16,), (32,), (64,), (128,)))
+  deltas = [rng.normal(0, 0.5, a.shape).astype(np.float32) for a in level_anchors]
+  logits = [rng.normal(0, 2, len(a)).astype(np.float32) for a in level_anchors]
+  deltas[0][:3] = np.nan  # non-finite proposals are dropped (inference behaviour)
+  image_hw = (60, 90)
+  fn = jax.jit(lambda d, l: proposals.find_top_proposals(level_anchors, d, l, image_hw, 0.7, 100,
+                                                         60, min_box_size))
+  got_boxes, got_logits, ok = map(np.asarray, fn(deltas, logits))
+  decoded = [np_apply_deltas(d, a, (1.0, 1.0, 1.0, 1.0)).astype(np.float32)
+             for d, a in zip(deltas, level_anchors)]
+  expected_boxes, expected_logits = np_find_top_rpn_proposals(decoded, logits, image_hw, 0.7, 100,
+                                                              60, min_box_size)
+  assert ok.sum() == len(expected_logits)
+  np.testing.assert_allclose(got_logits[ok], expected_logits, rtol=1e-6)
+  np.testing.assert_allclose(got_boxes[ok], expected_boxes, rtol=1e-5, atol=1e-4)
+  assert not ok[len(expected_logits):].any()
+
+
+# --- postprocess --------------------------------------------------------------------------
+
+def np_fast_rcnn_inference_single_image(boxes, scores, image_shape, score_thresh, nms_thresh,
+                                        topk_per_image):
+  """fast_rcnn.py fast_rcnn_inference_single_image (class-specific boxes [R, K * 4])."""
+  valid = np.isfinite(boxes).all(axis=1) & np.isfinite(scores).all(axis=1)
+  boxes, scores = boxes[valid], scores[valid]
+  rows = np.nonzero(valid)[0]
+  scores = scores[:, :-1]
+  num_bbox_reg_classes = boxes.shape[1] // 4
+  h, w = image_shape
+  boxes = boxes.reshape(-1, 4)
+  boxes = np.stack([boxes[:, 0].clip(0, w), boxes[:, 1].clip(0, h), boxes[:, 2].clip(0, w),
+                    boxes[:, 3].clip(0, h)], axis=1).reshape(-1, num_bbox_reg_classes, 4)
+  filter_mask = scores > score_thresh
+  filter_inds = np.stack(np.nonzero(filter_mask), axis=1)
+  boxes, scores = boxes[filter_mask], scores[filter_mask]
+  keep = torchvision.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                     torch.from_numpy(filter_inds[:, 1]), nms_thresh).numpy()
+  keep = keep[:topk_per_image]
+  return boxes[keep], scores[keep], filter_inds[keep, 1], rows[filter_inds[keep, 0]]
+
+
+@pytest.mark.parametrize("topk", [15, 400])  # 400 > 5 classes x 60 proposals: padded
+def test_fast_rcnn_inference_matches_detectron2(topk):
+  rng = np.random.default_rng(13)
+  num_rois, num_classes = 60, 5
+  proposals_ = np.repeat(clustered_boxes(rng, num_rois, clusters=5)[0], num_classes, axis=0)
+  class_boxes = (proposals_ + rng.normal(0, 2, proposals_.shape)).reshape(num_rois, -1)
+  class_boxes = class_boxes.astype(np.float32)
+  logits = rng.normal(0, 2, (num_rois, num_classes + 1))
+  scores = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+  scores[3] = scores[2]  # a tie across proposals
+  valid = np.arange(num_rois) < 52
+  image_hw = (50, 70)
+  fn = jax.jit(lambda b, s, v: postprocess.fast_rcnn_inference(b, s, image_hw, v, 0.05, 0.5, topk))
+  got_boxes, got_scores, got_classes, got_rois, ok = map(np.asarray, fn(class_boxes, scores, valid))
+  exp_boxes, exp_scores, exp_classes, exp_rois = np_fast_rcnn_inference_single_image(
+      class_boxes[:52], scores[:52], image_hw, 0.05, 0.5, topk)
+  assert ok.sum() == len(exp_scores) and (len(exp_scores) == topk) == (topk == 15)
+  np.testing.assert_array_equal(got_scores[ok], exp_scores)
+  np.testing.assert_array_equal(got_classes[ok], exp_classes)
+  np.testing.assert_array_equal(got_rois[ok], exp_rois)
+  np.testing.assert_allclose(got_boxes[ok], exp_boxes, atol=1e-6)
+  assert not ok[len(exp_scores):].any()
+
+
+def test_detector_postprocess_matches_detectron2():
+  """postprocessing.py detector_postprocess: Boxes.scale, clip to the output size, nonempty."""
+  rng = np.random.default_rng(14)
+  dets = random_boxes(rng, 20, size=80)
+  dets[0] = [82, 10, 90, 20]  # right of the output image after scaling: clipped to nothing
+  valid = np.arange(20) < 18
+  scaled, ok = map(np.asarray, jax.jit(postprocess.detector_postprocess)(
+      dets, valid, jnp.asarray([64, 80]), jnp.asarray([48, 52])))
+  scale_x, scale_y = 52 / 80, 48 / 64
+  expected = dets * np.asarray([scale_x, scale_y, scale_x, scale_y], np.float32)
+  expected = np.stack([expected[:, 0].clip(0, 52), expected[:, 1].clip(0, 48),
+                       expected[:, 2].clip(0, 52), expected[:, 3].clip(0, 48)], axis=1)
+  np.testing.assert_allclose(scaled, expected, rtol=1e-6)
+  np.testing.assert_array_equal(ok, valid & ((expected[:, 2] > expected[:, 0])
+                                             & (expected[:, 3] > expected[:, 1])))
+  assert not ok[0]
