@@ -440,7 +440,7 @@ def test_fast_rcnn_inference_matches_detectron2(topk):
   scores[3] = scores[2]  # a tie across proposals
   valid = np.arange(num_rois) < 52
   image_hw = (50, 70)
-  fn = jax.jit(lambda b, s, v: postprocess.fast_rcnn_inference(b, s, image_hw, v, 0.05, 0.5, topk))
+  fn = jax.jit(lambda b, s, v: postprocess.fast_rcnn_inference(b, s, image_hw, 0.05, 0.5, topk, v))
   got_boxes, got_scores, got_classes, got_rois, ok = map(np.asarray, fn(class_boxes, scores, valid))
   exp_boxes, exp_scores, exp_classes, exp_rois = np_fast_rcnn_inference_single_image(
       class_boxes[:52], scores[:52], image_hw, 0.05, 0.5, topk)

@@ -15,7 +15,9 @@ from flax import nnx
 from kd_jax.errors import UserError
 
 _LEAF_NAMES = {'kernel': 'weight'}
+# Buffers that are no parameters: old model-zoo files carry them, detectron2 skips them.
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
+_IGNORED_PREFIXES = ('pixel_mean', 'pixel_std', 'proposal_generator.anchor_generator.')
 
 
 def detectron2_names(model, prefix=''):
@@ -49,9 +51,14 @@ def _identity_default(name, state):
 
 
 def load_detectron2_state(model, state, *, prefix='', source='detectron2 weights'):
-  """Copies {detectron2 name: ndarray} into `model` in place; every variable must be
-  covered and every tensor used (wrong architecture -> one UserError line naming the
-  tensor and `source`)."""
+  """Copies {detectron2 name: ndarray} into `model` in place and returns it.
+
+  `model` is the module named `prefix` in detectron2's tree ('' for the whole detector,
+  'backbone.bottom_up.' to start a detector from ImageNet weights). Every variable must be
+  covered and every tensor under `prefix` used (a wrong architecture -> one UserError line
+  naming the tensor and `source`). Works on an abstract model (nnx.eval_shape): nothing
+  needs initialising before a load.
+  """
   names = detectron2_names(model, prefix)
   variables = dict(nnx.iter_graph(model))
   for name, path in names.items():
@@ -64,18 +71,19 @@ def load_detectron2_state(model, state, *, prefix='', source='detectron2 weights
     variable = variables[path]
     if array.shape != variable.shape:
       raise UserError(f"{source}: tensor {name} has shape {tuple(np.shape(original))}, "
-                      f"the model needs {_torch_shape(variable.shape)}")
+                      f"the model needs {torch_shape(variable.shape)}")
     variable.set_value(jnp.asarray(array))
-  unused = sorted(name for name in state if name not in names
-                  and not name.endswith(_IGNORED_SUFFIXES))
+  unused = sorted(name for name in state if name.startswith(prefix) and name not in names
+                  and not name.endswith(_IGNORED_SUFFIXES)
+                  and not name.startswith(_IGNORED_PREFIXES))
   if unused:
     raise UserError(f"{source}: tensor {unused[0]} is not in the model"
                     + (f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""))
   return model
 
 
-def _torch_shape(shape):
-  """This package's layout -> the PyTorch layout, for error messages."""
+def torch_shape(shape):
+  """The PyTorch-layout shape of a variable of this package's `shape`."""
   if len(shape) == 4:
     return (shape[3], shape[2], shape[0], shape[1])
   return tuple(reversed(shape)) if len(shape) == 2 else tuple(shape)

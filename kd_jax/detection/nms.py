@@ -28,21 +28,23 @@ def _overlaps(block, boxes, iou_threshold):
 
 
 def _greedy_keep(boxes, groups, valid, iou_threshold, block_size):
-  """Keep mask [N] of score-sorted boxes; only boxes of equal `groups` suppress each other."""
+  """Keep mask [N] of score-sorted boxes; only boxes of equal `groups` (None: all) suppress
+  each other."""
   num = boxes.shape[0]
   block = min(block_size, num)
   pad = -num % block
   boxes = jnp.pad(boxes, ((0, pad), (0, 0)))
-  groups = jnp.pad(groups, (0, pad))
+  groups = None if groups is None else jnp.pad(groups, (0, pad))
   valid = jnp.pad(valid, (0, pad))
   later = jnp.arange(block)[:, None] < jnp.arange(block)[None, :]
 
   def resolve_block(index, keep):
     start = index * block
     block_boxes = jax.lax.dynamic_slice_in_dim(boxes, start, block)
-    block_groups = jax.lax.dynamic_slice_in_dim(groups, start, block)
-    suppresses = (_overlaps(block_boxes, boxes, iou_threshold)
-                  & (block_groups[:, None] == groups[None, :]))
+    suppresses = _overlaps(block_boxes, boxes, iou_threshold)
+    if groups is not None:
+      block_groups = jax.lax.dynamic_slice_in_dim(groups, start, block)
+      suppresses = suppresses & (block_groups[:, None] == groups[None, :])
     # keep is still False from `start` on, so only earlier blocks' kept boxes count here.
     candidate = (jax.lax.dynamic_slice_in_dim(valid, start, block)
                  & ~jnp.any(suppresses & keep[None, :], axis=1))
@@ -63,7 +65,8 @@ def _nms(boxes, scores, groups, valid, iou_threshold, max_output, block_size):
   # Descending score, ties in input order (torchvision's stable sort); invalid boxes last.
   _, _, order = jax.lax.sort((~valid, -scores, jnp.arange(scores.shape[0])), num_keys=2,
                              is_stable=True)
-  keep = _greedy_keep(boxes[order], groups[order], valid[order], iou_threshold, block_size)
+  keep = _greedy_keep(boxes[order], None if groups is None else groups[order], valid[order],
+                      iou_threshold, block_size)
   (positions,) = jnp.nonzero(keep, size=max_output, fill_value=0)
   return order[positions].astype(jnp.int32), jnp.arange(max_output) < jnp.sum(keep)
 
@@ -75,8 +78,7 @@ def nms(boxes, scores, valid, iou_threshold, max_output, block_size=DEFAULT_BLOC
   indices into the full arrays; slots past the number kept hold index 0 and valid False.
   Boxes or scores that are not finite count as invalid (detectron2 drops them first).
   """
-  groups = jnp.zeros(scores.shape, jnp.int32)
-  return _nms(boxes, scores, groups, valid, iou_threshold, max_output, block_size)
+  return _nms(boxes, scores, None, valid, iou_threshold, max_output, block_size)
 
 
 def batched_nms(boxes, scores, classes, valid, iou_threshold, max_output,

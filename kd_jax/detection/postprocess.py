@@ -16,19 +16,20 @@ from kd_jax.detection import boxes as box_ops
 from kd_jax.detection import nms as nms_ops
 
 
-def fast_rcnn_inference(boxes, scores, image_hw, valid, score_thresh=0.05, nms_thresh=0.5,
-                        topk=100):
+def fast_rcnn_inference(boxes, scores, image_hw, score_thresh=0.05, nms_thresh=0.5, topk=100,
+                        valid=None):
   """Detections of one image: (boxes [topk, 4], scores [topk], classes [topk] int32,
   proposal indices [topk] int32, valid [topk]), best first.
 
   boxes [R, K * 4] class-specific (or [R, 4] class-agnostic) decoded boxes; scores
-  [R, K + 1] class probabilities, background last; valid [R] marks real proposals;
+  [R, K + 1] class probabilities, background last; valid [R] marks real proposals (None: all);
   image_hw the (height, width) the boxes are clipped to. Ties in score keep detectron2's
   order: by proposal, then class.
   """
   num_rois, num_classes = scores.shape[0], scores.shape[1] - 1
-  finite = (jnp.all(jnp.isfinite(boxes), axis=1) & jnp.all(jnp.isfinite(scores), axis=1)
-            & valid)
+  finite = jnp.all(jnp.isfinite(boxes), axis=1) & jnp.all(jnp.isfinite(scores), axis=1)
+  if valid is not None:
+    finite = finite & valid
   per_class = boxes.reshape(num_rois, -1, 4)
   per_class = jnp.broadcast_to(per_class, (num_rois, num_classes, 4))
   per_class = box_ops.clip(jnp.where(finite[:, None, None], per_class, 0.0), *image_hw)

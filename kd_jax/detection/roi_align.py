@@ -7,14 +7,20 @@ repeats past H - 1 / W - 1. The one static-shape change: `sampling_ratio=0` (ada
 ceil(roi_h / out_h) x ceil(roi_w / out_w) samples per bin) is computed as a masked average
 over a fixed max_sampling x max_sampling grid, so a RoI that would need a larger grid gets
 max_sampling evenly spaced samples per axis instead. With the default bound 4 this is
-exact for every RoI whose side on its FPN level is below 4 * 7 = 28 feature pixels, which
-holds for square RoIs at the levels assign_levels picks (side 14..28 on levels 2..5, except
-boxes larger than 448 px clamped to level 5); see tests/test_detection_ops.py and the
-det-ops report for the measured effect on elongated and clamped RoIs.
+exact for every RoI whose sides on its FPN level are at most 4 * 7 = 28 feature pixels,
+which holds for square RoIs at the levels assign_levels picks (side 14..28 on levels 2..5)
+except boxes above 448 px clamped to level 5; elongated RoIs exceed it. Measured
+(benchmarks/detection_ops.py --part roi_bound: 2000 RoIs, sqrt(area) log-uniform in
+16..640 px, h/w log-uniform in 1/3..3, 800x1333 image, 7x7 output): bound 4 changes 22% of
+the RoIs, the mean |difference| being 1.5% of the mean |output| on white-noise features and
+0.5% on 5x5-blurred ones (2.1% on the changed RoIs); bound 6 changes 1.7% of the RoIs
+(0.03% / 0.015% overall); bound 8 is exact for that spread. Cost grows as bound^2.
 
-Bilinear sampling is separable, so each RoI is pooled from per-axis (index, weight) pairs
-and one gather of the 4 corner values per sample from the flattened feature maps; all FPN
-levels are pooled by one gather (TF's multilevel_crop_and_resize idea), no per-level loop.
+Bilinear sampling is separable: per axis each bin has 2 * bound (corner index, weight)
+slots, and the output is a loop over the (2 * bound)^2 slot pairs, each one gather of
+[R, out_h, out_w, C] from the flattened maps of all FPN levels at once (TF's
+multilevel_crop_and_resize idea: no per-level loop, no padding of RoIs per level), so
+memory stays O(R * out_h * out_w * C) forward and backward (a custom VJP of scatter-adds).
 """
 import math
 
