@@ -92,7 +92,7 @@ def _setup():
   images, targets = synthetic_batch()
   teacher_def, teacher_state = nnx.split(teacher)
 
-  def loss_fn(trainable, teacher_state, key):
+  def loss_fn(trainable, teacher_state, key, images=images, targets=targets):
     teacher = nnx.merge(teacher_def, teacher_state)
     return method.forward(trainable, teacher, [images], targets, 0,
                           Aux(trainable.extras, {"class_centers": centers}, None, key))
@@ -139,3 +139,33 @@ def test_gradients_reach_the_student_and_connectors_only():
   assert np.any(np.asarray(grads["student"]["roi_heads"]["box_head"]["fc2"]["kernel"][...]))
   assert all(np.any(np.asarray(abf["conv2"]["kernel"][...]))
              for abf in grads["extras"]["abfs"].values())
+
+
+@pytest.mark.slow
+def test_one_device_gives_what_eight_give():
+  """The loss and gradients of one ReviewKD++ step on a batch of 8 sharded over 8 CPU
+  devices equal those on one device (batch-level RoI means, HCL and the connectors'
+  BatchNorm all see the global batch)."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  trainable, teacher_state, _, loss_fn, _ = _setup()
+  images, targets = synthetic_batch()
+  images = np.concatenate([images] * 4)
+  targets = {name: np.concatenate([value] * 4) for name, value in targets.items()}
+
+  def step(trainable, teacher_state, images, targets):
+    def loss(trainable):
+      return loss_fn(trainable, teacher_state, jax.random.key(4), images, targets)
+    return nnx.value_and_grad(loss, has_aux=True)(trainable)
+
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()[:8]):
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("data",)), P("data"))
+    batch = jax.device_put((images, targets), sharding)
+    (total, terms), grads = nnx.jit(step)(trainable, teacher_state, *batch)
+    results.append(jax.device_get((total, terms, grads)))
+  (total1, terms1, grads1), (total8, terms8, grads8) = results
+  np.testing.assert_allclose(total8, total1, rtol=1e-5)
+  for name in terms1:
+    np.testing.assert_allclose(terms8[name], terms1[name], rtol=1e-5, atol=1e-7)
+  for one, eight in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads8)):
+    np.testing.assert_allclose(eight, one, rtol=1e-4, atol=1e-6)
