@@ -45,10 +45,3 @@ def read_authors_centers(path, num_labels, dim):
     raise UserError(f"{where}: centres must be finite")
   return centers
 
-
-def write_authors_centers(path, centers, decimals=4):
-  """Writes [K+1, d] centres in the authors' format, rounded as they round (4 decimals)."""
-  table = {str(label): np.round(np.asarray(row, np.float64), decimals).tolist()
-           for label, row in enumerate(centers)}
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(table, f, indent=4)
