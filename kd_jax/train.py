@@ -56,6 +56,10 @@ class StudentWithExtras(nnx.Module):
   def __call__(self, images, train):
     return self.student(images, train=train)
 
+  def detect(self, images, image_hw):
+    """A detector student's inference (what detection evaluation runs)."""
+    return self.student.detect(images, image_hw)
+
 
 @dataclasses.dataclass
 class RunResult:
