@@ -1,16 +1,17 @@
 """Cost of the static-shape detection ops and the effect of ROIAlign's sampling bound.
 
-  PYTHONPATH=$PWD python benchmarks/detection_ops.py [--part nms|proposals|inference|roi_bound|roi_time]
+  PYTHONPATH=$PWD python benchmarks/detection_ops.py [--part PART]...
+  (PART: nms, proposals, inference, roi_bound, roi_time; all when none is given)
 
-nms: greedy NMS of N clustered boxes (N = 1000, 2000, 4000) per block size, beside torchvision.ops.nms on the same
-CPU. proposals / inference: find_top_proposals (800x1344 input, detectron2's train and test
-top-k) and fast_rcnn_inference (1000 proposals x 80 classes). roi_bound: multilevel
-ROIAlign with max_sampling 2/4/6/8 against unbounded adaptive sampling (torchvision's
-roi_align, sampling_ratio 0, on detectron2's level assignment) for RoIs of a COCO-like
-spread. roi_time: ROIAlign forward and forward+backward at 512 RoIs x 256 channels.
-Medians of 5 runs after a compile, in CPU time of the process (time.process_time: all
-threads; a shared, loaded machine inflates wall time but much less the CPU time); torchvision
-(one thread) is only a reference here.
+nms: greedy NMS of N clustered boxes (N = 1000, 2000, 4000) per block size, beside
+torchvision.ops.nms on the same CPU. proposals / inference: find_top_proposals (800x1344
+input, detectron2's train and test top-k) and fast_rcnn_inference (1000 proposals x 80
+classes). roi_bound: multilevel ROIAlign with max_sampling 2/4/6/8 against unbounded
+adaptive sampling (torchvision's roi_align, sampling_ratio 0, on detectron2's level
+assignment) for RoIs of a COCO-like spread. roi_time: ROIAlign forward and forward+backward
+at 512 RoIs x 256 channels. Medians of 5 runs after a compile, in CPU time of the process
+(time.process_time, all threads: a shared, loaded machine inflates wall time much more than
+CPU time); torchvision (one thread) is only a reference here.
 """
 import argparse
 import time
@@ -75,7 +76,8 @@ def bench_proposals():
     fn = jax.jit(lambda d, l, pre=pre, post=post: proposals.find_top_proposals(
         level_anchors, d, l, (800, 1333), 0.7, pre, post))
     print({"find_top_proposals pre/post": f"{pre}/{post}",
-           "anchors": sum(len(a) for a in level_anchors), "ms": round(median_ms(fn, deltas, logits), 1)})
+           "anchors": sum(len(a) for a in level_anchors),
+           "ms": round(median_ms(fn, deltas, logits), 1)})
 
 
 def bench_inference():
@@ -86,14 +88,16 @@ def bench_inference():
   scores = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
   fn = jax.jit(lambda b, s: postprocess.fast_rcnn_inference(b, s, (800, 1333)))
   print({"fast_rcnn_inference R": 1000, "K": 80,
-         "pairs > 0.05": int((scores[:, :-1] > 0.05).sum()), "ms": round(median_ms(fn, boxes, scores), 1)})
+         "pairs > 0.05": int((scores[:, :-1] > 0.05).sum()),
+         "ms": round(median_ms(fn, boxes, scores), 1)})
 
 
 def coco_like_rois(rng, count, image=(800, 1333)):
   """sqrt(area) log-uniform in [16, 640] px, h/w log-uniform in [1/3, 3], inside the image."""
   side = np.exp(rng.uniform(np.log(16), np.log(640), count))
   ratio = np.exp(rng.uniform(np.log(1 / 3), np.log(3), count))
-  w, h = np.minimum(side / np.sqrt(ratio), image[1] - 1), np.minimum(side * np.sqrt(ratio), image[0] - 1)
+  w = np.minimum(side / np.sqrt(ratio), image[1] - 1)
+  h = np.minimum(side * np.sqrt(ratio), image[0] - 1)
   x, y = rng.uniform(0, image[1] - w), rng.uniform(0, image[0] - h)
   return np.stack([x, y, x + w, y + h], 1).astype(np.float32)
 
@@ -130,7 +134,8 @@ def bench_roi_bound():
       print({"features": "blurred" if smooth else "white noise", "max_sampling": bound,
              "RoIs past the bound %": round(100 * hit.mean(), 1),
              "mean |diff| / mean |out| %": round(100 * diff.mean() / scale_ref, 3),
-             "same, RoIs past the bound %": round(100 * diff[hit].mean() / scale_ref, 2) if hit.any() else 0,
+             "same, RoIs past the bound %":
+                 round(100 * diff[hit].mean() / scale_ref, 2) if hit.any() else 0,
              "max |diff| / mean |out|": round(float(diff.max() / scale_ref), 3)})
   print("RoIs per level", np.bincount(levels, minlength=4).tolist(),
         "needed grid (max side / 7 on its level) histogram 1..8+",

@@ -72,12 +72,12 @@ def smoke(config):
                           test_short_edge=96, test_max_size=128, max_boxes=4, num_threads=2,
                           worker_count=0,
                           data_dir=os.path.join(tempfile.gettempdir(), "kd_jax_shapes")))
-  config.student.model = "faster_rcnn_R18_FPN"
+  config.student.model = "faster_rcnn_R18micro_FPN"
   config.student.options = ml_collections.ConfigDict(
       dict(BACKBONES["R18"], **SMOKE_OPTIONS))
-  config.optim.update(dict(lr=0.01, decay_steps=(30,), warmup_steps=5))
-  config.num_epochs, config.eval_every_epochs = 4, 2
-  config.batch_size, config.eval_batch_size, config.log_every_steps = 4, 4, 5
+  config.optim.update(dict(lr=0.005, decay_steps=(15,), warmup_steps=5))
+  config.num_epochs, config.eval_every_epochs = 2, 2
+  config.batch_size, config.eval_batch_size, config.log_every_steps = 8, 8, 5
   return config
 
 

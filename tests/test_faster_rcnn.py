@@ -146,21 +146,48 @@ def test_detect_returns_padded_detections_inside_the_image():
 
 @pytest.mark.slow
 def test_tiny_detector_overfits_one_batch():
-  """SGD on one synthetic batch: the total loss falls well below its start."""
-  model = tiny_detector()
+  """Adam on one synthetic batch: every loss falls (the network has no normalisation, as
+  FrozenBN from scratch, so plain SGD at a useful rate diverges without pretrained
+  weights; Adam 1e-3 converges). The box loss may first rise: better proposals bring more
+  foreground RoIs into its sum."""
+  model = fast_tiny_detector()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  optimizer = optax.sgd(0.02, momentum=0.9)
+  optimizer = optax.adam(1e-3)
   grad_fn = jax.value_and_grad(_loss_fn(graphdef, rest), has_aux=True)
 
   @jax.jit
   def train_step(params, opt_state, batch, key):
-    (total, _), grads = grad_fn(params, batch, key)
+    (_, (losses, _)), grads = grad_fn(params, batch, key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, total
+    return optax.apply_updates(params, updates), opt_state, losses
 
-  batch, opt_state, totals = synthetic_batch(), optimizer.init(params), []
+  batch, opt_state, history = synthetic_batch(), optimizer.init(params), []
   for i in range(60):
-    params, opt_state, total = train_step(params, opt_state, batch, jax.random.key(i))
-    totals.append(float(total))
-  assert np.all(np.isfinite(totals))
-  assert np.mean(totals[-5:]) < 0.5 * np.mean(totals[:5]), totals
+    params, opt_state, losses = train_step(params, opt_state, batch, jax.random.key(i))
+    history.append({k: float(v) for k, v in losses.items()})
+  total = [sum(h.values()) for h in history]
+  assert np.all(np.isfinite(total))
+  late = {k: np.mean([h[k] for h in history[-10:]]) for k in history[0]}
+  assert np.mean(total[-10:]) < 0.35 * total[0], total
+  assert late['loss_rpn_cls'] < 0.2 * history[0]['loss_rpn_cls'], history
+  assert late['loss_cls'] < 0.3 * history[0]['loss_cls'], history
+
+
+@pytest.mark.slow
+def test_r18_detector_with_detectron2_defaults_trains_and_detects():
+  """The full-width R18-FPN with every detectron2 default (2000/1000 proposals, 256
+  anchors, 512 RoIs, 80 classes, 100 detections) on a 128x160 batch."""
+  model = nnx.eval_shape(lambda: faster_rcnn.create('R18', rngs=nnx.Rngs(0)))
+  model = detectron2_names.load_detectron2_state(model, numpy_detectron2_state(model))
+  batch = synthetic_batch()
+  batch['image'] = np.pad(batch['image'], ((0, 0), (0, 64), (0, 96), (0, 0)))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  (_, (losses, outputs)), _ = jax.jit(jax.value_and_grad(_loss_fn(graphdef, rest),
+                                                         has_aux=True))(
+      params, batch, jax.random.key(0))
+  assert all(np.isfinite(v) and v > 0 for v in losses.values()), losses
+  assert outputs['rois'].shape == (2, 512, 4) and outputs['box_features'].shape == (2, 512, 1024)
+  assert outputs['class_logits'].shape == (2, 512, 81)
+  detections = nnx.jit(lambda m, x, hw: m.detect(x, hw))(model, batch['image'],
+                                                          batch['image_hw'])
+  assert detections['boxes'].shape == (2, 100, 4) and detections['classes'].shape == (2, 100)

@@ -1,6 +1,6 @@
-"""Faster R-CNN with FPN as detectron2 runs it (METHODS.md 13): static-shape ops, networks, detector.
+"""Faster R-CNN with FPN as detectron2 runs it (METHODS.md 13), with static shapes.
 
-Static shapes throughout (padded boxes and proposals with validity masks) so one program
-compiles per input size. Boxes are float32 (x1, y1, x2, y2) in input-image pixels;
-classes 0..K-1 are foreground and K is background, as detectron2.
+Padded boxes and proposals with validity masks, so one program compiles per input size.
+Boxes are float32 (x1, y1, x2, y2) in input-image pixels; classes 0..K-1 are foreground
+and K is background, as detectron2.
 """

@@ -72,4 +72,6 @@ def clip(boxes, height, width):
 
 def nonempty(boxes, threshold=0.0):
   """Both sides longer than `threshold` (Boxes.nonempty)."""
-  return ((boxes[..., 2] - boxes[..., 0]) > threshold) & ((boxes[..., 3] - boxes[..., 1]) > threshold)
+  widths = boxes[..., 2] - boxes[..., 0]
+  heights = boxes[..., 3] - boxes[..., 1]
+  return (widths > threshold) & (heights > threshold)

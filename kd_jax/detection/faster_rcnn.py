@@ -1,9 +1,10 @@
 """detectron2's Faster R-CNN with FPN (meta_arch/rcnn.py GeneralizedRCNN) with static
 shapes: one jit-able pure training forward over a padded batch (METHODS.md section 13).
 
-Batch layout: {'image' [B, H, W, 3] float RGB pixels (H, W multiples of 32, zero beyond
-each image), 'image_hw' [B, 2] int (the real height, width), 'boxes' [B, G, 4] float
-(x1, y1, x2, y2 input pixels), 'classes' [B, G] int 0..K-1, 'box_valid' [B, G] bool}.
+Batch layout: {'image' [B, H, W, 3] RGB pixels 0..255 (H, W multiples of 32; what lies
+beyond each image is zeroed after normalisation, as detectron2 pads), 'image_hw' [B, 2] int
+(each image's real height, width), 'boxes' [B, G, 4] float (x1, y1, x2, y2 input pixels),
+'classes' [B, G] int 0..K-1, 'box_valid' [B, G] bool (padding rows are ignored)}.
 
 The module tree is detectron2's (`backbone` = FPN with `bottom_up`, `proposal_generator`
 with `rpn_head`, `roi_heads` with `box_head` and `box_predictor`), so detectron2_names.py
@@ -186,7 +187,7 @@ class FasterRCNN(nnx.Module):
     scores = scores.reshape(batch_size, count, -1)
     boxes, scores, classes, _, valid = jax.vmap(
         lambda b, s, hw, v: postprocess.fast_rcnn_inference(
-            b, s, hw, v, score_thresh=config.score_thresh_test,
+            b, s, hw, valid=v, score_thresh=config.score_thresh_test,
             nms_thresh=config.nms_thresh_test, topk=config.detections_per_image))(
                 predicted, scores, image_hw, proposal['valid'])
     return {'boxes': boxes, 'scores': scores, 'classes': classes, 'valid': valid}
@@ -201,7 +202,13 @@ BOTTOM_UP = {
                                                             dtype=dtype, rngs=rngs),
     'MV2': lambda freeze_at, dtype, rngs: backbones.MobileNetV2(freeze_at=freeze_at,
                                                                 dtype=dtype, rngs=rngs),
+    # Smoke runs and tests: R18 blocks at widths 8..64 (not a published network).
+    'R18micro': lambda freeze_at, dtype, rngs: backbones.ResNet(
+        18, stem_channels=8, res2_channels=8, freeze_at=freeze_at,
+        dtype=dtype, rngs=rngs),
 }
+# (FPN channels, box-head width): detectron2's 256 / 1024, except the micro network's.
+WIDTHS = {'R18micro': (16, 32)}
 
 
 def create(backbone_name, config=DetectorConfig(), *, freeze_at=2, dtype=jnp.float32, rngs):
@@ -211,4 +218,6 @@ def create(backbone_name, config=DetectorConfig(), *, freeze_at=2, dtype=jnp.flo
     raise UserError(f"unknown detector backbone {backbone_name!r}; choose from "
                     f"{', '.join(BOTTOM_UP)}")
   bottom_up = BOTTOM_UP[backbone_name](freeze_at, dtype, rngs)
-  return FasterRCNN(fpn.FPN(bottom_up, dtype=dtype, rngs=rngs), config, dtype=dtype, rngs=rngs)
+  fpn_channels, fc_dim = WIDTHS.get(backbone_name, (256, 1024))
+  return FasterRCNN(fpn.FPN(bottom_up, fpn_channels, dtype=dtype, rngs=rngs), config,
+                    fc_dim=fc_dim, dtype=dtype, rngs=rngs)

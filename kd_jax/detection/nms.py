@@ -67,7 +67,10 @@ def _nms(boxes, scores, groups, valid, iou_threshold, max_output, block_size):
                              is_stable=True)
   keep = _greedy_keep(boxes[order], None if groups is None else groups[order], valid[order],
                       iou_threshold, block_size)
-  (positions,) = jnp.nonzero(keep, size=max_output, fill_value=0)
+  # The kept positions, compacted in order by a scatter (jnp.nonzero's size= path is O(N^2)).
+  slot = jnp.where(keep, jnp.cumsum(keep) - 1, max_output)
+  positions = jnp.zeros(max_output, jnp.int32).at[slot].set(
+      jnp.arange(keep.shape[0], dtype=jnp.int32), mode="drop")
   return order[positions].astype(jnp.int32), jnp.arange(max_output) < jnp.sum(keep)
 
 

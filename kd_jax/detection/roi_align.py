@@ -135,7 +135,8 @@ def roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, align
     output_size = (output_size, output_size)
   num = boxes.shape[0]
   geometry = [jnp.full((num,), value, dtype) for value, dtype in
-              ((spatial_scale, jnp.float32), (height, jnp.int32), (width, jnp.int32), (0, jnp.int32))]
+              ((spatial_scale, jnp.float32), (height, jnp.int32), (width, jnp.int32),
+               (0, jnp.int32))]
   return _pool(features.reshape(height * width, channels), boxes, *geometry,
                tuple(output_size), sampling_ratio, max_sampling, aligned)
 

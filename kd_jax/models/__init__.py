@@ -70,7 +70,8 @@ def _detector(backbone):
   return build
 
 
-DETECTORS = {f"faster_rcnn_{backbone}_FPN": (_detector(backbone), 1024)
+DETECTORS = {f"faster_rcnn_{backbone}_FPN": (_detector(backbone),
+                                              faster_rcnn.WIDTHS.get(backbone, (0, 1024))[1])
              for backbone in faster_rcnn.BOTTOM_UP}
 _REGISTRY.update(DETECTORS)
 
