@@ -56,10 +56,6 @@ class StudentWithExtras(nnx.Module):
   def __call__(self, images, train):
     return self.student(images, train=train)
 
-  def detect(self, images, image_hw):
-    """A detector student's inference (what detection evaluation runs)."""
-    return self.student.detect(images, image_hw)
-
 
 @dataclasses.dataclass
 class RunResult:
