@@ -28,14 +28,15 @@ RUN_INFO = "run.json"  # written by train.py: the student's model name and class
 _INFO_REMEDY = "restore it from a copy, or produce that teacher again"
 
 
-def _abstract_model(model_name, num_classes, dtype):
+def _abstract_model(model_name, num_classes, dtype, options=None):
   return nnx.eval_shape(lambda: models.create(model_name, num_classes, rngs=nnx.Rngs(0),
-                                              dtype=dtype))
+                                              dtype=dtype, **(options or {})))
 
 
-def _restore_model(state_dir, model_name, num_classes, dtype, source):
-  """Restores a model's full nnx state (params + BatchNorm statistics) from `state_dir`."""
-  abstract = _abstract_model(model_name, num_classes, dtype)
+def _restore_model(state_dir, model_name, num_classes, dtype, source, options=None):
+  """Restores a model's full nnx state (params + BatchNorm statistics) from `state_dir`;
+  `options`: the model's settings (a detector's DetectorConfig fields)."""
+  abstract = _abstract_model(model_name, num_classes, dtype, options)
   graphdef, abstract_state = nnx.split(abstract)
   # Replicated over every device of every process: a multi-host job restores the same
   # teacher everywhere (Orbax needs the target sharding to restore across processes).
@@ -63,7 +64,7 @@ def save_teacher(model, directory, *, model_name, num_classes):
                        json.dumps({"model": model_name, "num_classes": num_classes}))
 
 
-def load_teacher(path, model_name, num_classes, *, dtype=jnp.float32):
+def load_teacher(path, model_name, num_classes, *, dtype=jnp.float32, options=None):
   """Loads the frozen teacher from a .pth/.safetensors file, a teacher directory or a run's
   workdir.
 
@@ -85,7 +86,8 @@ def load_teacher(path, model_name, num_classes, *, dtype=jnp.float32):
                         f"classes, but the config asks for {model_name} with {num_classes}")
       if not os.path.isdir(os.path.join(path, state_dir)):
         raise UserError(f"teacher run at {path} has not finished (no {state_dir}/)")
-      return _restore_model(os.path.join(path, state_dir), model_name, num_classes, dtype, path)
+      return _restore_model(os.path.join(path, state_dir), model_name, num_classes, dtype, path,
+                            options)
   raise UserError(f"{path} is neither a .pth file, a kd_jax teacher directory "
                   f"({TEACHER_INFO}) nor a finished kd_jax run ({RUN_INFO})")
 

@@ -410,7 +410,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, loaded=N
   teacher, teacher_path = None, config.teacher.checkpoint
   if method.needs_teacher and teacher_path:
     teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, loaded.num_classes,
-                                      dtype=DTYPES[config.teacher.dtype])
+                                      dtype=DTYPES[config.teacher.dtype],
+                                      options=dict(config.teacher.get("options", {})))
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as error:
@@ -425,7 +426,8 @@ def _run_locked(config, workdir, loaded, method, teacher, teacher_path, max_step
   if method.needs_teacher and teacher is None:
     teacher_path = _train_teacher(config, workdir, loaded)
     teacher = checkpoint.load_teacher(teacher_path, config.teacher.model, loaded.num_classes,
-                                      dtype=DTYPES[config.teacher.dtype])
+                                      dtype=DTYPES[config.teacher.dtype],
+                                      options=dict(config.teacher.get("options", {})))
   mesh = data_mesh()
   feeder = feeders.create(config, mesh, loaded)
   input_norm = config.teacher.get("input_norm", "data")

@@ -196,10 +196,15 @@ def _check_runtime(config):
 
 def teacher_bootstrap_config(config):
   """The run that trains a missing teacher first (smoke runs): the student's recipe with
-  plain CE on config.teacher.model for teacher.train_epochs, its decay epochs cut there."""
+  plain CE (a detector: its own losses, with the teacher's options) on
+  config.teacher.model for teacher.train_epochs, its decay epochs cut there."""
   teacher = ml_collections.ConfigDict(config.to_dict())
-  teacher.method = ml_collections.ConfigDict(methods.defaults(methods.TEACHER_TRAINING))
+  detection = methods.METHODS[config.method.name].task == "detection"
+  teacher.method = ml_collections.ConfigDict(methods.defaults(
+      "detector" if detection else methods.TEACHER_TRAINING))
   teacher.student.model = config.teacher.model
+  if "options" in config.teacher:  # a detector's settings (its input normalisation)
+    teacher.student.options = ml_collections.ConfigDict(config.teacher.options.to_dict())
   teacher.num_epochs, teacher.teacher.train_epochs = config.teacher.train_epochs, 0
   teacher.optim.decay_epochs = tuple(e for e in config.optim.decay_epochs
                                      if e <= config.teacher.train_epochs)

@@ -68,9 +68,11 @@ class DetectionFeeder:
     self._sharding = NamedSharding(mesh, P("data"))
     parallel = dict(num_threads=settings.num_threads, worker_count=settings.worker_count,
                     max_boxes=settings.max_boxes)
+    self._train_settings = dict(short_edges=tuple(settings.short_edges),
+                                max_size=settings.max_size, **parallel)
+    self._train_split, self._seed = data.train, config.seed
     self._iterator = detection_pipeline.make_train_iterator(
-        data.train, config.batch_size, seed=config.seed, short_edges=tuple(settings.short_edges),
-        max_size=settings.max_size, **parallel)
+        data.train, config.batch_size, seed=config.seed, **self._train_settings)
     self._eval = detection_pipeline.make_eval_batches(
         data.test, config.eval_batch_size, short_edge=settings.test_short_edge,
         max_size=settings.test_max_size, **parallel)
@@ -116,6 +118,19 @@ class DetectionFeeder:
   def restore(self, state):
     if state is not None:
       self._iterator.set_state(state)
+
+  @property
+  def batch_size(self):
+    return self._batch_size
+
+  def sample_train_batches(self, count, stream=1):
+    """`count` training batches (the training augmentation) from an iterator of their
+    own, seeded apart from training's (seed + `stream`), so the training position is
+    untouched: what a method computes once from the teacher (detection ND's centres)."""
+    iterator = detection_pipeline.make_train_iterator(
+        self._train_split, self._batch_size, seed=self._seed + stream, **self._train_settings)
+    for _, batch in zip(range(count), iterator):
+      yield self._global(batch)
 
   def train_pass(self):
     raise UserError("this method needs a pass over the training split, which detection "

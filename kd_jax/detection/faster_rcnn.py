@@ -134,7 +134,7 @@ class FasterRCNN(nnx.Module):
     training loss is their sum). Distillation outputs (ND's forward_pure_roi_head inputs):
     'rois' [B, S, 4], 'roi_classes' [B, S] (K = background, -1 padding), 'roi_valid' [B, S],
     'box_features' [B, S, fc_dim] after fc2 + ReLU, 'class_logits' [B, S, K+1],
-    'box_deltas' [B, S, 4K].
+    'box_deltas' [B, S, 4K], and 'features' the FPN levels [p2..p6] (ReviewKD's input).
     """
     config = self.config
     features = self.features(batch['image'], batch['image_hw'])
@@ -169,7 +169,8 @@ class FasterRCNN(nnx.Module):
         box_weights=config.roi_box_weights, smooth_l1_beta=config.roi_smooth_l1_beta))
     return loss, {'rois': rois, 'roi_classes': sampled['classes'],
                   'roi_valid': sampled['valid'], 'box_features': box_features,
-                  'class_logits': class_logits, 'box_deltas': box_deltas}
+                  'class_logits': class_logits, 'box_deltas': box_deltas,
+                  'features': features}
 
   def detect(self, images, image_hw, output_hw=None):
     """Inference: per image 'boxes' [D, 4], 'scores' [D], 'classes' [D], 'valid' [D]

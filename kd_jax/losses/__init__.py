@@ -11,6 +11,7 @@ from kd_jax.losses.feature_kd import at, nst, pkt, rkd, sp
 from kd_jax.losses.logit import (dist, dkd, hard_distillation, kd, kd_instance_temperature,
                                  logit_standardize, soft_target_cross_entropy)
 from kd_jax.losses.review import hcl
+from kd_jax.losses.roi import roi_dkd, roi_kd, roi_nd
 from kd_jax.losses.ofd import ofd, ofd_margin
 from kd_jax.losses.svd import kdsvd
 from kd_jax.losses.vid import vid
@@ -20,5 +21,5 @@ __all__ = [
     "batch_correlation_distance", "nd", "class_means", "class_sums", "dist",
     "logit_standardize", "at", "nst", "sp", "pkt", "rkd", "hcl", "vid", "kdsvd", "ofd",
     "ofd_margin", "class_consistency", "batch_consistency", "nd_to_centers", "hard_distillation",
-    "soft_target_cross_entropy",
+    "soft_target_cross_entropy", "roi_nd", "roi_kd", "roi_dkd",
 ]

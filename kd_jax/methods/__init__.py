@@ -14,6 +14,10 @@ from kd_jax.methods.cskd import CSKD
 from kd_jax.methods.cskd_mv import CSKDMultiView
 from kd_jax.methods.ctkd import CTKD
 from kd_jax.methods.deit import DeiT, DeiTND
+from kd_jax.methods.det_dkd import DetDKD
+from kd_jax.methods.det_kd_nd import DetKDND
+from kd_jax.methods.det_reviewkd import DetReviewKD
+from kd_jax.methods.det_reviewkd_nd import DetReviewKDND
 from kd_jax.methods.detector import Detector
 from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
@@ -58,6 +62,10 @@ METHODS: dict[str, type[Method]] = {
     "deit": DeiT,
     "deit_nd": DeiTND,
     "detector": Detector,
+    "det_kd_nd": DetKDND,
+    "det_reviewkd": DetReviewKD,
+    "det_reviewkd_nd": DetReviewKDND,
+    "det_dkd": DetDKD,
 }
 # Bases ND cannot be added to, with the reason (a one-line config error).
 ND_REFUSED = {

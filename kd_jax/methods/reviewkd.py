@@ -112,13 +112,15 @@ class ABF(nnx.Module):
                      if fuse else None)
 
   def __call__(self, x, residual, out_shape, train):
-    """Returns (output in the teacher level's shape, residual for the next level)."""
+    """Returns (output in the teacher level's shape, residual for the next level);
+    `out_shape` None keeps the student level's size (detection: the FPN levels match)."""
     x = self.bn1(self.conv1(x), use_running_average=not train)
     if self.att_conv is not None:
       residual = resize_nearest(residual, x.shape[1:3])
       attention = jax.nn.sigmoid(self.att_conv(jnp.concatenate([x, residual], axis=-1)))
       x = x * attention[..., 0:1] + residual * attention[..., 1:2]
-    x = resize_nearest(x, (out_shape, out_shape))
+    if out_shape is not None:
+      x = resize_nearest(x, (out_shape, out_shape))
     return self.bn2(self.conv2(x), use_running_average=not train), x
 
 

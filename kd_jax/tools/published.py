@@ -43,6 +43,14 @@ STUDENTS = {
     "deit_base_patch16_224": 81.8,
 }
 
+# COCO 2017 val box AP of the detection teachers (METHODS.md 13): detectron2's
+# MODEL_ZOO.md, COCO-Detection faster_rcnn_R_{101,50}_FPN_3x (137851257, 137849458), the
+# weights the ND configs distill from. The distilled students' COCO numbers (ND, DKD and
+# ReviewKD papers' tables) could not be read from any source fetched for kd_jax, so none
+# are listed.
+DETECTION_TEACHERS_AP = {"faster_rcnn_R101_FPN": 42.0, "faster_rcnn_R50_FPN": 40.2}
+DETECTION_SOURCE = "detectron2 MODEL_ZOO.md, COCO-Detection Faster R-CNN R*-FPN 3x box AP"
+
 # (method, teacher, student) -> top-1; blank cells are absent.
 DISTILLED = {}
 # Each table: ({method: source}, rows of (teacher, student, *numbers in method order)).
