@@ -20,9 +20,10 @@ from scratch, which detectron2's recipe never does).
 
 Data: TFDS `coco/2017` (data.source "tfds"), or data.source "folder" with
 data.data_dir holding annotations/instances_{train,val}2017.json and train2017/ val2017/.
-Inputs as the weights expect them: MSRA R50/R101 BGR with detectron2's pixel mean and unit
-std; torchvision R18/MobileNetV2 RGB with ImageNet's std (the ND R18 configs keep the BGR
-mean: see METHODS.md 13; `--config.student.options.pixel_mean=...` to change).
+Inputs as the ND repository's yamls set them: MSRA R50/R101 and MobileNetV2 BGR with
+detectron2's pixel mean and unit std (the MV2 yamls keep detectron2's defaults); R18 RGB
+with ImageNet's std but the BGR mean (METHODS.md 13; `--config.student.options.pixel_mean=...`
+to change).
 
 On a GPU host / TPU VM (8 devices, 2 images each):
   python main.py --config=configs/coco_det.py:R50 --workdir=$HOME/runs/coco_det_r50 \
@@ -45,7 +46,7 @@ BACKBONES = {  # bottom-up -> student options (DetectorConfig fields, freeze_at,
                 weights=WEIGHTS + "R-50.pkl"),
     "R101": dict(input_format="BGR", pixel_mean=BGR_MEAN, pixel_std=(1.0, 1.0, 1.0),
                  weights=WEIGHTS + "R-101.pkl"),
-    "MV2": dict(input_format="RGB", pixel_mean=BGR_MEAN, pixel_std=IMAGENET_STD_BGR,
+    "MV2": dict(input_format="BGR", pixel_mean=BGR_MEAN, pixel_std=(1.0, 1.0, 1.0),
                 freeze_at=0, weights=WEIGHTS + "mobilenet_v2.pth.tar"),
 }
 SMOKE_OPTIONS = dict(pre_nms_topk_train=200, post_nms_topk_train=100, pre_nms_topk_test=100,

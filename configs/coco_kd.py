@@ -26,8 +26,9 @@ reversing the channels, so the teacher too sees its mean reversed. Both are repr
 by default; `clean_pixels` gives both networks their means (and the student its std) in
 the right order. The MV2 yamls leave detectron2's defaults (BGR, unit std).
 
-Student weights: ImageNet-pretrained bottom-up (the authors load ReviewKD's combined
-student+teacher .pth files, e.g. pretrained/r18-r101.pth).
+Student weights: ImageNet-pretrained bottom-up, the file configs/coco_det.py names for that
+network (`student.options.weights`; the authors load ReviewKD's combined student+teacher
+.pth files, e.g. pretrained/r18-r101.pth, which kd_jax/detection/weights.py reads too).
 
 On a TPU VM (v4-8 / v5e-8: 8 devices, 1 image each):
   python main.py --config=configs/coco_kd.py:det_kd_nd,R101_R18 \\
@@ -127,7 +128,8 @@ def get_config(arg="det_kd_nd,R101_R18"):
   fields, (max_iter, steps) = RECIPES[method][pair]
   config.method.update(fields)
   config.student.model = f"faster_rcnn_{student}_FPN"
-  config.student.options = ml_collections.ConfigDict(student_input(student, clean))
+  config.student.options = ml_collections.ConfigDict(
+      dict(student_input(student, clean), weights=coco_det.BACKBONES[student]["weights"]))
   config.teacher.model = f"faster_rcnn_{teacher}_FPN"
   config.teacher.options = ml_collections.ConfigDict(teacher_input(student, clean))
   config.teacher.checkpoint = TEACHER_WEIGHTS[teacher]

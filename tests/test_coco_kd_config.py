@@ -53,12 +53,13 @@ def test_r18_pixels_are_the_authors_unless_clean():
   bgr_mean, bgr_std = (103.530, 116.280, 123.675), (57.375, 57.120, 58.395)
   config = coco_kd.get_config("det_kd_nd,R101_R18")
   student, teacher = dict(config.student.options), dict(config.teacher.options)
-  assert student == dict(input_format="RGB", pixel_mean=bgr_mean, pixel_std=bgr_std)
+  weights = dict(weights="download_ckpts/detection/resnet18-f37072fd.pth")  # ImageNet
+  assert student == dict(input_format="RGB", pixel_mean=bgr_mean, pixel_std=bgr_std, **weights)
   assert teacher == dict(input_format="BGR", pixel_mean=bgr_mean[::-1],
                          pixel_std=(1.0, 1.0, 1.0))
   clean = coco_kd.get_config("det_kd_nd,R101_R18,clean_pixels")
   assert dict(clean.student.options) == dict(input_format="RGB", pixel_mean=bgr_mean[::-1],
-                                             pixel_std=bgr_std[::-1])
+                                             pixel_std=bgr_std[::-1], **weights)
   assert dict(clean.teacher.options)["pixel_mean"] == bgr_mean
 
 
@@ -69,7 +70,9 @@ def test_bgr_students_and_their_teachers_use_detectron2s_defaults(pair, student)
                   pixel_std=(1.0, 1.0, 1.0))
   assert dict(config.teacher.options) == defaults
   expected = defaults | (dict(freeze_at=0) if student == "MV2" else {})
-  assert dict(config.student.options) == expected
+  weights = {"R50": "R-50.pkl", "MV2": "mobilenet_v2.pth.tar"}[student]  # ImageNet
+  assert dict(config.student.options) == expected | dict(
+      weights=f"download_ckpts/detection/{weights}")
 
 
 @pytest.mark.parametrize("arg", ["det_kd_nd", "kd,R101_R18", "det_kd_nd,R18_R101",
