@@ -177,3 +177,17 @@ def test_a_micro_detector_learns_the_shapes(tmp_path, shapes_dir):
   other = COCOeval_faster(ground_truth, detections, "bbox", print_function=lambda *a, **k: None)
   other.evaluate(), other.accumulate(), other.summarize()
   np.testing.assert_allclose(100 * other.stats[0], result.last_top1, atol=0.05)
+
+
+def test_recipe_cards_of_detection_configs():
+  """detectron2's iteration schedule, in iterations, on the card (configs/coco_det.py R50:
+  the 1x schedule; coco_kd R101_R50 ReviewKD++: its yaml's 180k, 120k / 160k)."""
+  from configs import coco_kd  # pylint: disable=g-import-not-at-top
+  from kd_jax.tools import recipe  # pylint: disable=g-import-not-at-top
+  det = dict(recipe.card(coco_det.get_config("R50")))
+  assert det["schedule"].startswith("90000 iterations of batch 16 (a checkpoint every 5000")
+  assert det["lr"] == ("0.02, linear warm-up over 1000 iterations from 0.001 x lr, x0.1 at "
+                       "iterations 60000, 80000")
+  kd = dict(recipe.card(coco_kd.get_config("det_reviewkd_nd,R101_R50")))
+  assert kd["schedule"].startswith("180000 iterations of batch 8")
+  assert kd["lr"].endswith("x0.1 at iterations 120000, 160000")

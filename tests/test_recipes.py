@@ -249,8 +249,9 @@ def test_dist_pp_and_reviewkd_pp_cards(pair):
         f"DIST {PUBLISHED_ND[pair][0]:.2f} (ND authors' README)")
 
 
-ND_ON_BASES = [name for name in methods.METHODS if not name.endswith("_nd")
+ND_ON_BASES = [name for name, cls in methods.METHODS.items() if not name.endswith("_nd")
                and name not in methods.ND_REFUSED and name != "deit"
+               and cls.task == "classification"
                and f"{name}_nd" not in cifar_nd.BASES]
 
 

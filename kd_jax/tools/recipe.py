@@ -24,7 +24,10 @@ TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167}
 
 
 def steps_per_epoch(config):
-  """Full batches per epoch: the last partial batch is dropped, as the trainer does."""
+  """Full batches per epoch: the last partial batch is dropped, as the trainer does (a
+  detection run's "epoch" is config.data.period iterations)."""
+  if "period" in config.data:
+    return config.data.period
   size = (config.data.synthetic_train_size if config.data.source == "synthetic"
           else TRAIN_SIZES[config.data.dataset])
   return size // config.batch_size
@@ -64,7 +67,9 @@ def card(config):
     lines += method.describe_extras(*widths).items()
   data = config.data
   lines.append(("data", f"{data.dataset} (source {data.source})"))
-  if feeders.DATASETS[data.dataset][1] is feeders.HostFeeder:
+  if "period" in data:
+    lines.append(("augmentation", method.describe_views()))
+  elif feeders.DATASETS[data.dataset][1] is feeders.HostFeeder:
     lines.append(("augmentation", host_augmentation(data)))
   else:
     lines.append(("augmentation", method.describe_views()))
@@ -73,9 +78,7 @@ def card(config):
     lines[-1] = ("augmentation", f"{lines[-1][1]}; {on_device}")
   optim, formula = config.optim, method.formula()
   lines += [
-      ("schedule", f"{config.num_epochs} epochs x {steps_per_epoch(config)} steps of batch "
-                   f"{config.batch_size} (last partial batch dropped); eval batch "
-                   f"{config.eval_batch_size}"),
+      ("schedule", _schedule_line(config)),
       ("optimizer", _optimizer_line(optim)),
       ("lr", _lr_line(optim, config.batch_size)),
       ("loss", formula + (" (e: epoch counted from 0)" if "e/" in formula or "(e+1)" in formula
@@ -88,6 +91,17 @@ def card(config):
     lines.append(("published", f"{name or 'trained alone'} {number:.2f} "
                                f"({published.SOURCES.get(key, 'mdistiller/CRD README')})"))
   return lines
+
+
+def _schedule_line(config):
+  if "period" in config.data:  # detection: iterations
+    return (f"{config.num_epochs * config.data.period} iterations of batch {config.batch_size} "
+            f"(a checkpoint every {config.data.period}, COCO AP every "
+            f"{config.eval_every_epochs * config.data.period} and at the end); eval batch "
+            f"{config.eval_batch_size}")
+  return (f"{config.num_epochs} epochs x {steps_per_epoch(config)} steps of batch "
+          f"{config.batch_size} (last partial batch dropped); eval batch "
+          f"{config.eval_batch_size}")
 
 
 def _compute(dtype):
@@ -108,6 +122,10 @@ def _optimizer_line(optim):
 
 
 def _lr_line(optim, batch_size):
+  if optim["schedule"] == "warmup_multistep":
+    return (f"{optim['lr']:g}, linear warm-up over {optim['warmup_steps']} iterations from "
+            f"{optim['warmup_factor']:g} x lr, x{optim['decay_factor']:g} at iterations "
+            f"{', '.join(str(s) for s in optim['decay_steps']) or 'none'}")
   if optim["schedule"] == "warmup_cosine":
     return (f"{optim['lr']:g} (batch {batch_size}), linear warm-up from 0 over "
             f"{optim['warmup_epochs']:g} epochs, then cosine to {optim['min_lr']:g}, per step")
