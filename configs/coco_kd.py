@@ -49,8 +49,8 @@ from kd_jax import methods
 METHODS = ("det_kd_nd", "det_reviewkd_nd", "det_dkd", "det_reviewkd")
 PAIRS = {"R101_R18": ("R101", "R18"), "R101_R50": ("R101", "R50"), "R50_MV2": ("R50", "MV2")}
 TEACHER_WEIGHTS = {  # detectron2 model zoo (COCO-Detection/faster_rcnn_R_*_FPN_3x)
-    "R101": "pretrained/model_final_f6e8b1.pkl",  # 137851257, 42.0 AP
-    "R50": "pretrained/model_final_280758.pkl",  # 137849458, 40.2 AP
+    "R101": "download_ckpts/detection/model_final_f6e8b1.pkl",  # 137851257, 42.0 AP
+    "R50": "download_ckpts/detection/model_final_280758.pkl",  # 137849458, 40.2 AP
 }
 LONG, SHORT = (180000, (120000, 160000)), (30010, (20000, 27000))
 # Per method and pair: (the yaml's KD settings as config.method fields, (MAX_ITER, STEPS)).

@@ -65,14 +65,19 @@ def save_teacher(model, directory, *, model_name, num_classes):
 
 
 def load_teacher(path, model_name, num_classes, *, dtype=jnp.float32, options=None):
-  """Loads the frozen teacher from a .pth/.safetensors file, a teacher directory or a run's
-  workdir.
+  """Loads the frozen teacher from a .pth/.safetensors file (a detector's: a detectron2
+  .pkl), a teacher directory or a run's workdir.
 
   The stored architecture and class count must match the config's; otherwise a
   UserError says which differs.
   """
   if not os.path.exists(path):
     raise UserError(f"teacher checkpoint not found: {path} (config.teacher.checkpoint)")
+  if os.path.isfile(path) and model_name in models.DETECTORS:
+    # A detectron2 model-zoo .pkl (or .pth), by detectron2 name (kd_jax.detection.weights).
+    from kd_jax.detection import faster_rcnn  # pylint: disable=g-import-not-at-top
+    return faster_rcnn.load_weights(_abstract_model(model_name, num_classes, dtype, options),
+                                    path)
   if os.path.isfile(path):
     from kd_jax.torch_checkpoint import load_torch_teacher  # pylint: disable=g-import-not-at-top
     return load_torch_teacher(path, model_name, num_classes, dtype=dtype)

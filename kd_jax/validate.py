@@ -172,8 +172,8 @@ def check(config):
   weights = config.student.get("options", {}).get("weights")
   if weights and not os.path.exists(weights):
     raise UserError(f"detector weights not found: {weights} (config.student.options.weights, "
-                    "detectron2's MODEL.WEIGHTS): put the ImageNet weights file there (the "
-                    "config's docstring says which), or set it to '' to train from scratch")
+                    f"detectron2's MODEL.WEIGHTS){fetch_hint(weights)}, or set it to '' to "
+                    "train from scratch")
   if method.needs_teacher:
     models.pooled_dim(config.teacher.model)
     _check_teacher(config.teacher)
@@ -219,7 +219,8 @@ def teacher_bootstrap_config(config):
 
 def fetch_hint(path):
   """The command that fetches the published teacher at `path`, if it is one."""
-  for dataset, folder in (("cifar100", "cifar_teachers"), ("imagenet", "imagenet_teachers")):
+  for dataset, folder in (("cifar100", "cifar_teachers"), ("imagenet", "imagenet_teachers"),
+                          ("coco", "detection/")):
     if folder in path:
       return f"; `python -m kd_jax.tools.fetch_teachers {dataset}` downloads it"
   return ""

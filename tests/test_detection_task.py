@@ -191,3 +191,15 @@ def test_recipe_cards_of_detection_configs():
   kd = dict(recipe.card(coco_kd.get_config("det_reviewkd_nd,R101_R50")))
   assert kd["schedule"].startswith("180000 iterations of batch 8")
   assert kd["lr"].endswith("x0.1 at iterations 120000, 160000")
+
+
+def test_a_detectron2_pkl_teacher_loads_by_name(tmp_path):
+  """config.teacher.checkpoint = a model-zoo .pkl: the whole detector, by detectron2 name."""
+  from kd_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from tests.test_fetch_teachers import _micro_detector_pkl  # pylint: disable=g-import-not-at-top
+  state = _micro_detector_pkl(tmp_path / "model_final.pkl")
+  teacher = checkpoint.load_teacher(str(tmp_path / "model_final.pkl"),
+                                    "faster_rcnn_R18micro_FPN", 3)
+  np.testing.assert_array_equal(
+      np.asarray(teacher.roi_heads.box_predictor.cls_score.kernel[...]),
+      state["roi_heads.box_predictor.cls_score.weight"].T)

@@ -252,3 +252,57 @@ def test_imagenet_checks_sha256_prefix(good_hash, server, pth, tmp_path, capsys,
     _assert_one_line_error(status, err, f"{name} has sha256",
                            f"download {server.url}/models/{name} by hand")
     assert os.listdir(tmp_path) == []
+
+
+def _micro_detector_pkl(path, drop=None):
+  """A detectron2 model-zoo style .pkl of the micro R18 detector (3 classes), random
+  arrays under detectron2's names; `drop`: a tensor left out (a mismatched file)."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
+  from kd_jax.detection import detectron2_names  # pylint: disable=g-import-not-at-top
+  abstract = nnx.eval_shape(lambda: models.create("faster_rcnn_R18micro_FPN", 3,
+                                                  rngs=nnx.Rngs(0)))
+  variables, rng = dict(nnx.iter_graph(abstract)), np.random.default_rng(0)
+  state = {name: rng.normal(size=detectron2_names.torch_shape(variables[path].shape)).astype(
+      np.float32) for name, path in detectron2_names.detectron2_names(abstract).items()
+           if name != drop}
+  with open(path, "wb") as file:
+    pickle.dump({"model": state, "__author__": "test"}, file)
+  return state
+
+
+@pytest.mark.parametrize("intact", [True, False])
+def test_coco_installs_detection_weights_that_load_into_their_detector(intact, tmp_path, capsys,
+                                                                       monkeypatch):
+  """fetch_teachers coco: each file must load into its kd_jax detector by detectron2 name
+  (here the micro detector stands in for R101-FPN); a file missing a tensor is one line
+  and nothing is installed."""
+  source = tmp_path / "source"
+  source.mkdir()
+  _micro_detector_pkl(source / "teacher.pkl",
+                      drop=None if intact else "roi_heads.box_predictor.cls_score.bias")
+  monkeypatch.setattr(fetch_teachers, "COCO_FILES",
+                      {"teacher.pkl": ("faster_rcnn_R18micro_FPN", "http://unused/teacher.pkl")})
+  monkeypatch.setattr(fetch_teachers, "check_detection_weights",
+                      _three_classes(fetch_teachers.check_detection_weights))
+  status, _, err = _run(capsys, "coco", f"--root={tmp_path}/ckpts", f"--from_file={source}")
+  if intact:
+    assert (status, err) == (0, "")
+    assert os.listdir(tmp_path / "ckpts" / "detection") == ["teacher.pkl"]
+  else:
+    _assert_one_line_error(status, err, "tensor roi_heads.box_predictor.cls_score.bias is "
+                           "missing", "teacher.pkl")
+    assert not (tmp_path / "ckpts" / "detection").exists()
+
+
+def _three_classes(check):
+  """check_detection_weights for a 3-class detector (the real files have COCO's 80)."""
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
+  create = models.create
+
+  def checked(*args):
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(models, "create", lambda name, num_classes, **kw: create(name, 3, **kw))
+      return check(*args)
+  return checked

@@ -3,10 +3,13 @@
   python -m kd_jax.tools.fetch_teachers cifar100   # mdistiller's cifar_teachers.tar
   python -m kd_jax.tools.fetch_teachers imagenet   # torchvision ResNet-34 / ResNet-50, timm
       [--root=download_ckpts] [--url=URL] [--from_file=PATH]   # ViT-S/16, ViT-B/16, RegNetY-16GF
+  python -m kd_jax.tools.fetch_teachers coco       # detectron2 R101/R50-FPN 3x, ImageNet R18/50/101
 
 cifar100 unpacks to ROOT/cifar_teachers/<model>_vanilla/ckpt_epoch_240.pth
 (configs/cifar_common.py TEACHER_PATH); imagenet puts ROOT/imagenet_teachers/<file>
-(configs/imagenet_common.py TEACHER_PATHS). Every teacher must load with kd_jax's reader
+(configs/imagenet_common.py TEACHER_PATHS); coco puts ROOT/detection/<file> (configs/coco_kd.py
+TEACHER_WEIGHTS, configs/coco_det.py BACKBONES: each must load into its kd_jax detector by
+detectron2 name). Every teacher must load with kd_jax's reader
 and hold the parameter count of its kd_jax model (tests/test_models.py); files whose names
 carry a sha256 prefix (torchvision's, DeiT's RegNetY) must also match it. Work
 happens beside the destination and is renamed into place only when all of it checks
@@ -53,6 +56,19 @@ TIMM_TEACHERS = {
         _HF.format("vit_base_patch16_224.augreg_in21k_ft_in1k")),
     "regnety_160-a5fe301d.pth": (
         "regnety_160", 83_590_140, "https://dl.fbaipublicfiles.com/deit/regnety_160-a5fe301d.pth"),
+}
+# COCO detection (METHODS.md 13): detectron2's model-zoo teachers (configs/coco_kd.py) and
+# the ImageNet weights its students start from (configs/coco_det.py): file -> (the kd_jax
+# detector it must load into, URL). The ND MobileNetV2's weights have no stable URL.
+_D2 = "https://dl.fbaipublicfiles.com/detectron2/"
+COCO_FILES = {
+    "model_final_f6e8b1.pkl": ("faster_rcnn_R101_FPN", _D2 + "COCO-Detection/"
+                               "faster_rcnn_R_101_FPN_3x/137851257/model_final_f6e8b1.pkl"),
+    "model_final_280758.pkl": ("faster_rcnn_R50_FPN", _D2 + "COCO-Detection/"
+                               "faster_rcnn_R_50_FPN_3x/137849458/model_final_280758.pkl"),
+    "R-50.pkl": ("faster_rcnn_R50_FPN", _D2 + "ImageNetPretrained/MSRA/R-50.pkl"),
+    "R-101.pkl": ("faster_rcnn_R101_FPN", _D2 + "ImageNetPretrained/MSRA/R-101.pkl"),
+    "resnet18-f37072fd.pth": ("faster_rcnn_R18_FPN", IMAGENET_URL + "resnet18-f37072fd.pth"),
 }
 TIMEOUT_S = 60  # per socket operation, not for the whole download
 
@@ -203,7 +219,8 @@ def fetch_cifar(url, root, from_file=None):
   return f"installed {len(CIFAR_TEACHERS)} CIFAR-100 teachers in {final}, each checked"
 
 
-def _check_imagenet(path, name, model, count, shown):
+def _check_sha256_prefix(path, name, shown):
+  """Files whose names carry a sha256 prefix (torchvision's, DeiT's) must match it."""
   hashed = re.search(r"-([0-9a-f]{8,})\.", name)
   if hashed:
     with open(path, "rb") as file:
@@ -211,7 +228,34 @@ def _check_imagenet(path, name, model, count, shown):
     if not digest.startswith(hashed[1]):
       raise UserError(f"{shown} has sha256 {digest[:8]}..., its name says {hashed[1]}: "
                       "a corrupt or different file")
+
+
+def _check_imagenet(path, name, model, count, shown):
+  _check_sha256_prefix(path, name, shown)
   check_teacher(path, model, 1000, count, shown=shown)
+
+
+def check_detection_weights(path, name, model, shown):
+  """The file loads by detectron2 name into an (abstract) kd_jax detector `model` of COCO's
+  80 classes: a whole detector, or its bottom-up network (kd_jax.detection.faster_rcnn)."""
+  _check_sha256_prefix(path, name, shown)
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
+  from kd_jax.detection import faster_rcnn  # pylint: disable=g-import-not-at-top
+  detector = nnx.eval_shape(lambda: models.create(model, 80, rngs=nnx.Rngs(0)))
+  try:
+    faster_rcnn.load_weights(detector, path)
+  except UserError as error:
+    raise UserError(str(error).replace(path, shown)) from None
+
+
+def fetch_coco(base_url, root, from_dir=None):
+  """Installs the detection teachers and ImageNet weights in ROOT/detection, each checked;
+  a --url is a folder holding all of them."""
+  files = [(name, (model,), url if base_url is None else base_url.rstrip("/") + "/" + name)
+           for name, (model, url) in COCO_FILES.items()]
+  return _install(files, os.path.join(root, "detection"), root, from_dir,
+                  check_detection_weights, "COCO detection teachers and ImageNet weights")
 
 
 def imagenet_files(base_url):
@@ -227,13 +271,19 @@ def imagenet_files(base_url):
 
 def fetch_imagenet(base_url, root, from_dir=None):
   """Installs the ImageNet teachers in ROOT/imagenet_teachers, each checked first."""
-  folder = os.path.join(root, "imagenet_teachers")
-  files = list(imagenet_files(base_url))
-  for name, model, count, url in files:
+  files = [(name, (model, count), url) for name, model, count, url in imagenet_files(base_url)]
+  return _install(files, os.path.join(root, "imagenet_teachers"), root, from_dir,
+                  _check_imagenet, "ImageNet teachers")
+
+
+def _install(files, folder, root, from_dir, check, what):
+  """Each (name, check arguments, url) of `files` into `folder`: checked in place when
+  there, else fetched (or copied from `from_dir`) beside it, checked, renamed in."""
+  for name, facts, url in files:
     final = os.path.join(folder, name)
     if os.path.exists(final):
       try:
-        _check_imagenet(final, name, model, count, final)
+        check(final, name, *facts, final)
       except UserError as error:
         raise UserError(f"{error}: remove {final} and run again") from None
       continue
@@ -244,20 +294,20 @@ def fetch_imagenet(base_url, root, from_dir=None):
         shutil.copyfile(os.path.join(from_dir, name), staging)
       else:
         download(url, staging)
-      _check_imagenet(staging, name, model, count, name)
+      check(staging, name, *facts, name)
       os.makedirs(folder, exist_ok=True)
       os.replace(staging, final)
     finally:
       if os.path.exists(staging):
         os.remove(staging)
-  return f"{folder} holds the {len(files)} ImageNet teachers, each checked"
+  return f"{folder} holds the {len(files)} {what}, each checked"
 
 
 def main(argv=None):
   """Command-line entry point; returns the exit status."""
   parser = argparse.ArgumentParser(prog="python -m kd_jax.tools.fetch_teachers",
                                    description="Fetch and check the published teachers.")
-  parser.add_argument("dataset", choices=("cifar100", "imagenet"))
+  parser.add_argument("dataset", choices=("cifar100", "imagenet", "coco"))
   parser.add_argument("--root", default="download_ckpts", help="where the configs look")
   parser.add_argument("--url", help="the tar (cifar100) or the folder of the .pth files "
                       "(imagenet) to download instead of the published one")
@@ -269,10 +319,16 @@ def main(argv=None):
   try:
     if cifar:
       message = fetch_cifar(url, args.root, args.from_file)
+    elif args.dataset == "coco":
+      message = fetch_coco(args.url, args.root, args.from_file)
     else:
       message = fetch_imagenet(url, args.root, args.from_file)
   except (UserError, OSError, http.client.HTTPException, ValueError) as error:
-    if cifar:
+    if args.dataset == "coco":
+      files = " and ".join(url for _, url in COCO_FILES.values())
+      manual = (f"download {files} by hand into {args.root}/detection/ "
+                "(or pass --from_file=FOLDER)")
+    elif cifar:
       manual = (f"download {url} by hand and run `tar xf cifar_teachers.tar -C {args.root}` "
                 "(or pass --from_file=cifar_teachers.tar)")
     else:
