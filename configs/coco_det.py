@@ -79,9 +79,10 @@ def get_base(arg):
 
 
 def smoke(config):
-  """A few minutes on CPU: synthetic shapes (3 classes), tiny inputs and RoI counts."""
-  config.data.update(dict(source="shapes", period=10, short_edges=(64, 80, 96), max_size=128,
-                          test_short_edge=96, test_max_size=128, max_boxes=4, num_threads=2,
+  """A few minutes on CPU: synthetic shapes (3 classes), tiny inputs (every image within
+  64 x 64: one padded size, one compile) and RoI counts."""
+  config.data.update(dict(source="shapes", period=10, short_edges=(64,), max_size=64,
+                          test_short_edge=64, test_max_size=64, max_boxes=4, num_threads=2,
                           worker_count=0,
                           data_dir=os.path.join(tempfile.gettempdir(), "kd_jax_shapes")))
   config.student.model = "faster_rcnn_R18micro_FPN"
