@@ -15,6 +15,7 @@ from kd_jax.detection import backbones, faster_rcnn, fpn
 from kd_jax.methods import Aux
 from kd_jax.methods import det_reviewkd
 from kd_jax.methods.detection_distill import flat
+from tests import test_faster_rcnn
 
 NUM_CLASSES = 3
 CONFIG = faster_rcnn.DetectorConfig(
@@ -56,22 +57,9 @@ def tiny_detector(seed):
 
 
 def synthetic_batch():
-  """Two 64x64 images (the second 48x56 inside the padding) with coloured rectangles."""
-  boxes = np.array([[[4, 6, 30, 40], [34, 10, 60, 28], [0, 0, 0, 0]],
-                    [[10, 8, 40, 30], [0, 0, 0, 0], [0, 0, 0, 0]]], np.float32)
-  classes = np.array([[0, 2, 0], [1, 0, 0]], np.int32)
-  valid = np.array([[True, True, False], [True, False, False]])
-  image_hw = np.array([[64, 64], [48, 56]], np.int32)
-  images = np.full((2, 64, 64, 3), 90.0, np.float32)
-  colors = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230]], np.float32)
-  for i in range(2):
-    for box, cls, ok in zip(boxes[i], classes[i], valid[i]):
-      if ok:
-        x1, y1, x2, y2 = box.astype(int)
-        images[i, y1:y2, x1:x2] = colors[cls]
-    images[i, image_hw[i, 0]:], images[i, :, image_hw[i, 1]:] = 0.0, 0.0
-  return images, {"image_hw": image_hw, "boxes": boxes, "classes": classes,
-                  "box_valid": valid}
+  """test_faster_rcnn's batch as (images, the step's targets)."""
+  batch = dict(test_faster_rcnn.synthetic_batch())
+  return batch.pop("image"), batch
 
 
 class Trainable(nnx.Module):
