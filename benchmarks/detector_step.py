@@ -63,6 +63,10 @@ def main():
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--steps", type=int, default=3)
   args = parser.parse_args()
+  unknown = [b for b in args.backbones.split(",") if f"faster_rcnn_{b}_FPN" not in models.DETECTORS]
+  if unknown:
+    parser.error(f"unknown backbone {unknown[0]!r}; valid: "
+                 f"{', '.join(name[12:-4] for name in models.DETECTORS)}")
   print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch} at "
         f"{args.height}x{args.width}")
   for backbone in args.backbones.split(","):
