@@ -319,3 +319,15 @@ def ofd(fs, ft, margin):
           + (fs - ft) ** 2 * ((fs > ft) & (ft > m) & (ft <= 0))
           + (fs - ft) ** 2 * (ft > 0))
   return np.abs(loss).mean(axis=0).sum()
+
+
+def central_differences(f, x, eps=1e-6):
+  """d f / d x of a scalar NumPy function, by central differences in float64."""
+  x = np.array(x, np.float64)
+  grad = np.zeros_like(x)
+  for index in np.ndindex(x.shape):
+    up, down = x.copy(), x.copy()
+    up[index] += eps
+    down[index] -= eps
+    grad[index] = (f(up) - f(down)) / (2 * eps)
+  return grad

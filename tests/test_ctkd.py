@@ -20,6 +20,7 @@ from kd_jax.methods import Aux, ModelOutput
 from kd_jax.methods import ctkd_temperature as temp_lib
 from kd_jax.metrics import read_metrics
 from kd_jax.tools import plots, published
+from tests.loss_reference import central_differences
 
 B, C = 8, 6
 RNG = np.random.default_rng(3)
@@ -83,17 +84,6 @@ def _np_cosine_decay(i, max_value=0.0, min_value=-1.0, loops=10):
   return (math.cos(i * math.pi / loops) + 1.0) * 0.5 * (max_value - min_value) + min_value
 
 
-def _numeric_grad(f, x, eps=1e-6):
-  x = np.array(x, np.float64)
-  grad = np.zeros_like(x)
-  for index in np.ndindex(x.shape):
-    up, down = x.copy(), x.copy()
-    up[index] += eps
-    down[index] -= eps
-    grad[index] = (f(up) - f(down)) / (2 * eps)
-  return grad
-
-
 # ------------------------------------------------------------------------- the losses
 
 
@@ -102,9 +92,9 @@ def test_kd_with_a_learnt_temperature_matches_the_reference_with_gradients(T):
   value, (g_s, g_T) = jax.jit(jax.value_and_grad(losses.kd, argnums=(0, 2)))(
       jnp.asarray(STUDENT, jnp.float32), jnp.asarray(TEACHER, jnp.float32), jnp.float32(T))
   assert float(value) == pytest.approx(_np_kd(STUDENT, TEACHER, T), rel=1e-5)
-  np.testing.assert_allclose(g_s, _numeric_grad(lambda s: _np_kd(s, TEACHER, T), STUDENT),
+  np.testing.assert_allclose(g_s, central_differences(lambda s: _np_kd(s, TEACHER, T), STUDENT),
                              rtol=1e-4, atol=1e-6)
-  expected = _numeric_grad(lambda t: _np_kd(STUDENT, TEACHER, float(t)), np.float64(T))
+  expected = central_differences(lambda t: _np_kd(STUDENT, TEACHER, float(t)), np.float64(T))
   assert float(g_T) == pytest.approx(float(expected), rel=1e-3, abs=1e-6)
 
 
@@ -116,9 +106,11 @@ def test_instance_temperature_kd_matches_the_readme_loss_with_gradients():
       jnp.asarray(T, jnp.float32))
   assert float(value) == pytest.approx(_np_kd_instance(STUDENT, TEACHER, T), rel=1e-5)
   np.testing.assert_allclose(
-      g_s, _numeric_grad(lambda s: _np_kd_instance(s, TEACHER, T), STUDENT), rtol=1e-4, atol=1e-6)
+      g_s, central_differences(lambda s: _np_kd_instance(s, TEACHER, T), STUDENT), rtol=1e-4,
+      atol=1e-6)
   np.testing.assert_allclose(
-      g_T, _numeric_grad(lambda t: _np_kd_instance(STUDENT, TEACHER, t), T), rtol=1e-3, atol=1e-6)
+      g_T, central_differences(lambda t: _np_kd_instance(STUDENT, TEACHER, t), T), rtol=1e-3,
+      atol=1e-6)
   # equal temperatures: KD up to the 1e-7 the README adds to the teacher's probabilities
   same = losses.kd_instance_temperature(STUDENT, TEACHER, jnp.full((B,), 4.0))
   assert float(same) == pytest.approx(float(losses.kd(STUDENT, TEACHER, 4.0)), abs=1e-4)
@@ -129,7 +121,7 @@ def test_dkd_with_a_learnt_temperature_matches_the_reference():
       lambda t: losses.dkd(STUDENT, TEACHER, LABELS, 1.0, 2.0, t)))(jnp.float32(7.3))
   assert float(value) == pytest.approx(_np_dkd(STUDENT, TEACHER, LABELS, 1.0, 2.0, 7.3),
                                        rel=1e-5)
-  expected = _numeric_grad(lambda t: _np_dkd(STUDENT, TEACHER, LABELS, 1.0, 2.0, float(t)),
+  expected = central_differences(lambda t: _np_dkd(STUDENT, TEACHER, LABELS, 1.0, 2.0, float(t)),
                            np.float64(7.3))
   assert float(g_T) == pytest.approx(float(expected), rel=1e-3)
 
@@ -192,7 +184,7 @@ def test_one_sgd_step_moves_the_temperature_up_the_kd_loss_scaled_by_lambda(epoc
   new_raw = float(optax.apply_updates(params, updates)["raw"][...])
 
   kd_of_raw = lambda r: _np_kd(STUDENT, TEACHER, 1.0 + 20.0 / (1.0 + math.exp(-r)))
-  dkd_dr = float(_numeric_grad(lambda r: kd_of_raw(float(r)), np.float64(1.0)))
+  dkd_dr = float(central_differences(lambda r: kd_of_raw(float(r)), np.float64(1.0)))
   lam = 1.0 - (math.cos(min(epoch + 1, 10) * math.pi / 10) + 1.0) / 2.0
   assert new_raw - 1.0 == pytest.approx(0.05 * lam * 0.9 * dkd_dr, rel=1e-3)
   assert kd_of_raw(new_raw) > kd_of_raw(1.0)
@@ -267,7 +259,7 @@ def test_instance_module_starts_at_mid_range_takes_no_student_gradient_and_learn
                                                                      np.full(B, 11.0))
   assert float(total) == pytest.approx(expected, rel=1e-5)
   # the (zero-initialised) last layer gets the reversed gradient: -lambda * d(0.9 KD)/dr
-  dkd_dr = _numeric_grad(lambda r: 0.9 * _np_kd_instance(
+  dkd_dr = central_differences(lambda r: 0.9 * _np_kd_instance(
       STUDENT, TEACHER, 1.0 + 20.0 / (1.0 + np.exp(-r))), np.zeros(B))
   lam = 1.0 - (math.cos(5 * math.pi / 10) + 1.0) / 2.0
   assert float(grads["out"]["bias"][...][0]) == pytest.approx(-lam * dkd_dr.sum(), rel=1e-3)

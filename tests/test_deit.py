@@ -17,6 +17,7 @@ from kd_jax.data import batch_augment, mixing
 from kd_jax.errors import UserError
 from kd_jax.methods import Aux, ModelOutput
 from kd_jax.tools import recipe
+from tests.loss_reference import central_differences
 
 RNG = np.random.default_rng(0)
 
@@ -130,17 +131,6 @@ def test_deit_pp_is_the_authors_loss_on_a_mixed_batch(epoch, groups):
                                            np.asarray(teacher.logits)), rel=1e-5))
 
 
-def _central_differences(f, x, eps=1e-6):
-  x = np.array(x, np.float64)
-  grad = np.zeros_like(x)
-  for index in np.ndindex(x.shape):
-    up, down = x.copy(), x.copy()
-    up[index] += eps
-    down[index] -= eps
-    grad[index] = (f(up) - f(down)) / (2 * eps)
-  return grad
-
-
 def test_deit_pp_gradients_are_the_authors_loss_gradients():
   """d total / d (class logits, distillation logits, embedding) against central differences
   of the NumPy transcription of their loss, on a mixed batch of two groups at epoch 2."""
@@ -170,7 +160,7 @@ def test_deit_pp_gradients_are_the_authors_loss_gradients():
       values = dict(inputs, **{name: x})
       return _authors_deit_pp(values["cls_logits"], values["dist_logits"], values["pooled"],
                               t_emb, t_logits, labels, class_means, lam, 0.1, 2, 2)
-    np.testing.assert_allclose(grads[i], _central_differences(reference, inputs[name]),
+    np.testing.assert_allclose(grads[i], central_differences(reference, inputs[name]),
                                rtol=1e-3, atol=1e-6, err_msg=name)
 
 

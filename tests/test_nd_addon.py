@@ -59,17 +59,6 @@ def _authors_dist(z_s, z_t, tau):  # utils.py DIST(beta=1, gamma=1, tau)
   return tau ** 2 * inter + tau ** 2 * intra
 
 
-def _central_differences(f, x, eps=1e-6):
-  x = np.array(x, np.float64)
-  grad = np.zeros_like(x)
-  for index in np.ndindex(x.shape):
-    up, down = x.copy(), x.copy()
-    up[index] += eps
-    down[index] -= eps
-    grad[index] = (f(up) - f(down)) / (2 * eps)
-  return grad
-
-
 # ------------------------------------ fixed inputs (drawn as when RECORDED was recorded)
 
 RNG = np.random.default_rng(42)
@@ -107,9 +96,9 @@ def _check_against(method, epoch, authors_total):
   """kd_jax's value and gradients equal `authors_total(logits, pooled)`'s (float64)."""
   value, _, (grad_logits, grad_pooled) = _value_and_grads(method, epoch)
   assert value == pytest.approx(authors_total(S_LOGITS, S_POOLED), rel=1e-5)
-  np.testing.assert_allclose(grad_logits, _central_differences(
+  np.testing.assert_allclose(grad_logits, ref.central_differences(
       lambda z: authors_total(z, S_POOLED), S_LOGITS), rtol=1e-3, atol=1e-6)
-  np.testing.assert_allclose(grad_pooled, _central_differences(
+  np.testing.assert_allclose(grad_pooled, ref.central_differences(
       lambda f: authors_total(S_LOGITS, f), S_POOLED), rtol=1e-3, atol=1e-6)
 
 
@@ -244,7 +233,7 @@ def test_reviewkd_pp_is_the_authors_loss(epoch):
               + 1.0 * _project_center(np.asarray(projected, np.float64), R_TEACHER["pooled"],
                                       R_MEANS, R_LABELS))
   assert float(value) == pytest.approx(expected, rel=1e-5)
-  np.testing.assert_allclose(grad_logits, _central_differences(
+  np.testing.assert_allclose(grad_logits, ref.central_differences(
       lambda z: _ce(z, R_LABELS), R_LOGITS), rtol=1e-3, atol=1e-6)
   for got, want in zip(grads["stages"], base_grads["stages"]):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
