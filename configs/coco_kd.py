@@ -77,28 +77,25 @@ RECIPES = {
     },
 }
 BGR_MEAN, RGB_MEAN = coco_det.BGR_MEAN, tuple(reversed(coco_det.BGR_MEAN))
-IMAGENET_STD_BGR = coco_det.IMAGENET_STD_BGR
 TEACHER_INPUT = dict(input_format="BGR", pixel_mean=BGR_MEAN, pixel_std=(1.0, 1.0, 1.0))
-STUDENT_INPUT = {  # as each yaml leaves MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT
-    "R18": dict(input_format="RGB", pixel_mean=BGR_MEAN, pixel_std=IMAGENET_STD_BGR),
-    "R50": dict(TEACHER_INPUT),
-    "MV2": dict(TEACHER_INPUT, freeze_at=0),
-}
+# The students' inputs (as each yaml leaves MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT),
+# FREEZE_AT and ImageNet weights: configs/coco_det.py's BACKBONES.
 
 
 def teacher_input(student, clean_pixels):
   """The teacher's normalisation as RCNNKD.teacher_preprocess_image applies it: with an
   RGB student and a BGR teacher it subtracts the BGR mean in RGB order, then reverses
   the channels (the teacher sees BGR minus the reversed mean) unless `clean_pixels`."""
-  student_rgb = STUDENT_INPUT[student]["input_format"] == "RGB"
+  student_rgb = coco_det.BACKBONES[student]["input_format"] == "RGB"
   if student_rgb and not clean_pixels:
     return dict(TEACHER_INPUT, pixel_mean=RGB_MEAN)
   return dict(TEACHER_INPUT)
 
 
 def student_input(student, clean_pixels):
-  """The student's normalisation; `clean_pixels` puts the R18 mean and std in RGB order."""
-  options = dict(STUDENT_INPUT[student])
+  """The student's options (coco_det.BACKBONES); `clean_pixels` puts the R18 mean and std
+  in RGB order."""
+  options = dict(coco_det.BACKBONES[student])
   if clean_pixels and options["input_format"] == "RGB":
     options.update(pixel_mean=RGB_MEAN, pixel_std=tuple(reversed(options["pixel_std"])))
   return options
@@ -128,8 +125,7 @@ def get_config(arg="det_kd_nd,R101_R18"):
   fields, (max_iter, steps) = RECIPES[method][pair]
   config.method.update(fields)
   config.student.model = f"faster_rcnn_{student}_FPN"
-  config.student.options = ml_collections.ConfigDict(
-      dict(student_input(student, clean), weights=coco_det.BACKBONES[student]["weights"]))
+  config.student.options = ml_collections.ConfigDict(student_input(student, clean))
   config.teacher.model = f"faster_rcnn_{teacher}_FPN"
   config.teacher.options = ml_collections.ConfigDict(teacher_input(student, clean))
   config.teacher.checkpoint = TEACHER_WEIGHTS[teacher]
