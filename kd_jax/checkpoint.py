@@ -28,6 +28,19 @@ RUN_INFO = "run.json"  # written by train.py: the student's model name and class
 _INFO_REMEDY = "restore it from a copy, or produce that teacher again"
 
 
+def _orbax_for_this_backend():
+  """Orbax's replica-parallel save off on CPU devices, as Orbax itself does on GPU.
+
+  Replica-parallel saving has each device copy out a slice of every replicated array, an
+  eager `slice` compiled once per array shape and device at the first save (96 compiles
+  for a micro DeiT on 8 CPU devices). CPU devices share the host's memory, so there is no
+  transfer to split: on CPU it only costs those compiles. Same files, same restore.
+  """
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 def _abstract_model(model_name, num_classes, dtype, options=None):
   return nnx.eval_shape(lambda: models.create(model_name, num_classes, rngs=nnx.Rngs(0),
                                               dtype=dtype, **(options or {})))
@@ -56,6 +69,7 @@ def _restore_model(state_dir, model_name, num_classes, dtype, source, options=No
 def save_teacher(model, directory, *, model_name, num_classes):
   """Writes `model` (params + BatchNorm statistics) as a kd_jax teacher checkpoint."""
   directory = os.path.abspath(directory)
+  _orbax_for_this_backend()
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(directory, "state"), nnx.state(model), force=True)
   checkpointer.wait_until_finished()
@@ -100,6 +114,7 @@ def load_teacher(path, model_name, num_classes, *, dtype=jnp.float32, options=No
 def save_final_student(model, workdir):
   """The end-of-run student in the teacher layout, so the run can teach another (without
   the RNG state of its training-only dropout / drop-path, which a teacher is built without)."""
+  _orbax_for_this_backend()
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(os.path.abspath(workdir), "final_student"),
                     nnx.state(model, nnx.Not(nnx.RngState)), force=True)
@@ -121,6 +136,7 @@ class RunCheckpoints:
   def __init__(self, workdir, keep=2):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
+    _orbax_for_this_backend()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),

@@ -50,6 +50,20 @@ def _share_compilations():
 _share_compilations()
 
 
+def pytest_configure(config):
+  """The default suite compiles with XLA's backend optimisations off
+  (`jax_disable_most_optimizations`: LLVM at -O0 without its expensive passes; the HLO
+  passes, fusion included, still run, and LLVM never reorders float arithmetic, so the
+  programs compute the numbers an optimised build does). Most of the suite's time is
+  compiling small programs that then run for milliseconds: tests/README.md has the
+  numbers. `-m slow` (long training runs, where run time counts) and
+  KD_JAX_TEST_FULL_XLA=1 keep the optimisations."""
+  default_suite = "not slow" in (config.option.markexpr or "")
+  if default_suite and not os.environ.get("KD_JAX_TEST_FULL_XLA"):
+    jax.config.update("jax_disable_most_optimizations", True)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # the main.py runs tests start
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
   """`-n N` sends whole files to a worker unless --dist says otherwise: a file's module
