@@ -52,12 +52,12 @@ _share_compilations()
 
 def pytest_configure(config):
   """The default suite compiles with XLA's backend optimisations off
-  (`jax_disable_most_optimizations`: LLVM at -O0 without its expensive passes; the HLO
-  passes, fusion included, still run, and LLVM never reorders float arithmetic, so the
-  programs compute the numbers an optimised build does). Most of the suite's time is
-  compiling small programs that then run for milliseconds: tests/README.md has the
-  numbers. `-m slow` (long training runs, where run time counts) and
-  KD_JAX_TEST_FULL_XLA=1 keep the optimisations."""
+  (`jax_disable_most_optimizations`: LLVM at -O0 without its expensive passes). The HLO
+  passes, fusion included, still run, and LLVM does not reorder float arithmetic without
+  fast-math, so the programs compute what an optimised build does. Most of the suite's
+  time is compiling small programs that then run for milliseconds (tests/README.md has
+  the numbers). `-m slow` (long training runs, where run time counts) and
+  KD_JAX_TEST_FULL_XLA=1 compile as users do."""
   default_suite = "not slow" in (config.option.markexpr or "")
   if default_suite and not os.environ.get("KD_JAX_TEST_FULL_XLA"):
     jax.config.update("jax_disable_most_optimizations", True)
