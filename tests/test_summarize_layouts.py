@@ -194,25 +194,28 @@ def test_labels_name_method_fields_bare_and_source_only_when_needed(tmp_path):
   assert all(rows[label]["n"] == "1" for label in rows)
 
 
+def _coco_ap(ap, ap50, ap75):
+  """An evaluation's COCO numbers as kd_jax.detection.evaluation reports them."""
+  return {"AP": ap, "AP50": ap50, "AP75": ap75, "APs": ap - 10, "APm": ap, "APl": ap + 10}
+
+
 def write_detection_run(workdir, config, ap, ap50, ap75, teacher_ap=None, periods=18):
   """A finished detection run as kd_jax.train writes it: COCO AP once, after the last
   period (detectron2's EVAL_PERIOD 0), the teacher's first for a distillation run."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config, f, sort_keys=True, indent=2)
-  coco = lambda ap, ap50, ap75: {"AP": ap, "AP50": ap50, "AP75": ap75, "APs": ap - 10,  # pylint: disable=g-long-lambda
-                                 "APm": ap, "APl": ap + 10}
   records = [] if teacher_ap is None else [
-      {"step": 0, "kind": "teacher_eval", **coco(teacher_ap, 62.0, 45.0)}]
+      {"step": 0, "kind": "teacher_eval", **_coco_ap(teacher_ap, 62.0, 45.0)}]
   records += [{"step": 5000 * periods, "kind": "train", "loss": 0.5, "loss_cls": 0.2,
                "images_per_second": 10.0, "lr": 0.0002},
-              {"step": 5000 * periods, "kind": "eval", **coco(ap, ap50, ap75),
+              {"step": 5000 * periods, "kind": "eval", **_coco_ap(ap, ap50, ap75),
                "epoch": float(periods), "best_top1": ap}]
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump({"best_top1": ap, "best_epoch": periods, "last_top1": ap, "teacher_top1": teacher_ap,
-               "epochs": periods, "metric": "AP"}, f)
+    json.dump({"best_top1": ap, "best_epoch": periods, "last_top1": ap,
+               "teacher_top1": teacher_ap, "epochs": periods, "metric": "AP"}, f)
 
 
 R101, R18 = "faster_rcnn_R101_FPN", "faster_rcnn_R18_FPN"
@@ -256,8 +259,9 @@ def test_detection_table_shows_ap_ap50_ap75_and_the_teachers_published_ap(detect
   assert lines[0] == "| teacher→student | teacher AP | DETECTOR | KD++ | ReviewKD++ |"
   assert lines[2] == (
       f"| {R101}→{R18} (coco) | 42.00 (paper 42.00) |  "
-      "| best 33.50 ± 0.71 · last 33.50 ± 0.71 · AP50 54.00 ± 1.41 · AP75 35.50 ± 0.71 · n=2 "
-      "| best 34.50 ± – · last 34.50 ± – · AP50 55.50 ± – · AP75 37.00 ± – · n=1 |")
+      "| best 33.50 ± 0.71 · last 33.50 ± 0.71 · AP50 54.00 ± 1.41 · AP75 35.50 ± 0.71 "
+      "· n=2 | best 34.50 ± – · last 34.50 ± – · AP50 55.50 ± – · AP75 37.00 ± – "
+      "· n=1 |")
   assert lines[3] == (f"| {R18} alone (coco) | – | best 31.00 ± – · last 31.00 ± – · "
                       "AP50 51.00 ± – · AP75 33.00 ± – · n=1 |  |  |")
   assert "none published in a source we could read" in lines[-1]
@@ -265,19 +269,19 @@ def test_detection_table_shows_ap_ap50_ap75_and_the_teachers_published_ap(detect
   long = summarize.table(str(detection_root), "long").splitlines()
   assert long[0] == ("| teacher→student | method | n | best AP | last AP | AP50 | AP75 | "
                      "paper | Δbest | status |")
-  assert (f"| {R101}→{R18} (coco) | KD++ | 2 | 33.50 ± 0.71 | 33.50 ± 0.71 | 54.00 ± 1.41 | "
-          "35.50 ± 0.71 | – | – | finished |") in long
+  assert (f"| {R101}→{R18} (coco) | KD++ | 2 | 33.50 ± 0.71 | 33.50 ± 0.71 | "
+          "54.00 ± 1.41 | 35.50 ± 0.71 | – | – | finished |") in long
 
 
 def test_classification_and_detection_runs_in_one_table(detection_root):
-  """Both tasks under one root: the columns name both metrics, classification rows have
-  no AP50 / AP75, and the classification table alone keeps its columns."""
+  """Both tasks under one root: the columns name both metrics and classification rows have
+  no AP50 / AP75 (a classification table alone keeps its columns: test_tools.py)."""
   write_run(LAYOUTS["default"](str(detection_root), "cifar_kd", PAIR, 0),
             resolved_config("cifar_kd", PAIR, 0), 71.0)
   long = summarize.table(str(detection_root), "long").splitlines()
-  assert long[0].startswith("| teacher→student | method | n | best top-1 / AP | last top-1 / AP | "
-                            "AP50 | AP75 | paper |")
-  assert ("| resnet56→resnet20 | KD | 1 | 71.00 ± – | 71.00 ± – | – | – | 70.66 | +0.34 | "
-          "finished |") in long
+  assert long[0].startswith("| teacher→student | method | n | best top-1 / AP | "
+                            "last top-1 / AP | AP50 | AP75 | paper |")
+  assert ("| resnet56→resnet20 | KD | 1 | 71.00 ± – | 71.00 ± – | – | – | 70.66 | "
+          "+0.34 | finished |") in long
   rows = _csv_rows(detection_root)
   assert (rows["KD"]["metric"], rows["KD"]["ap50_mean"]) == ("top1", "")
