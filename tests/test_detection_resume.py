@@ -1,8 +1,8 @@
 """Preempted detection runs resume bit-identically (issues #27, #28): SIGTERM mid-run, the
 run checkpoints and returns, the same call finishes it, and everything equals a run that
-never stopped. Slow (each case trains three micro detectors through the loop on CPU); the
-default suite checks the same two parts faster: the loop's SIGTERM resume on
-classification (test_robustness.py::
+never stopped. Slow: each case runs a micro detector through the loop three times on CPU
+(straight, preempted, resumed), about 2 minutes on 2 cores. The default suite checks the
+same two parts faster: the loop's SIGTERM resume on classification (test_robustness.py::
 test_sigterm_mid_run_checkpoints_and_resumes_to_identical_parameters) and the COCO
 pipeline's position (test_coco_data.py::
 test_train_order_deterministic_resumable_and_host_independent)."""
@@ -97,10 +97,11 @@ def test_sigterm_mid_run_then_resume_is_bit_identical_for_a_detector(
 @pytest.mark.slow
 def test_sigterm_mid_run_then_resume_is_bit_identical_with_reviewkd_connectors(
     tmp_path, monkeypatch, shapes_dir):
-  """configs/coco_kd.py:det_reviewkd_nd,smoke (ReviewKD++: the five ABF connectors are
-  trainable extras in the checkpoint, and the ND class centres are recomputed on resume)
-  from a saved micro teacher, SIGTERM after iteration 3 of 6: the reviewkd and nd terms
-  logged after the resume and the connectors' final weights equal the straight run's."""
+  """configs/coco_kd.py:det_reviewkd_nd,smoke from a saved micro teacher, SIGTERM after
+  iteration 3 of 6. ReviewKD++: the five ABF connectors are trainable extras in the
+  checkpoint; the ND class centres, cached beside the teacher, are read again on resume.
+  The reviewkd and nd terms logged after the resume and the connectors' final weights
+  equal the straight run's."""
   config = _short(coco_kd.get_config("det_reviewkd_nd,smoke"), shapes_dir)
   teacher_dir = str(tmp_path / "teacher")
   checkpoint.save_teacher(models.create(MICRO, 3, rngs=nnx.Rngs(7)), teacher_dir,
