@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from configs import cifar_ctkd, cifar_kd
+from configs import cifar_ctkd, cifar_kd, coco_det, coco_kd
 from kd_jax.tools import summarize
 from kd_jax.tools import sweep
 
@@ -21,7 +21,8 @@ CONFIGS = {
     ("cifar_ctkd", PAIR): ("CTKD", {0: 73.0, 1: 74.0}),
     ("cifar_ctkd", f"dkd,{PAIR}"): ("CTKD+DKD", {0: 75.0, 1: 77.0}),
 }
-MODULES = {"cifar_kd": cifar_kd, "cifar_ctkd": cifar_ctkd}
+MODULES = {"cifar_kd": cifar_kd, "cifar_ctkd": cifar_ctkd, "coco_det": coco_det,
+           "coco_kd": coco_kd}
 
 
 def resolved_config(stem, arg, seed, **overrides):
@@ -191,3 +192,96 @@ def test_labels_name_method_fields_bare_and_source_only_when_needed(tmp_path):
       "KD (temperature=2.0, source=mine)", f"KD (temperature=2.0, source={source})",
       f"KD (temperature=4.0, source={source})"}
   assert all(rows[label]["n"] == "1" for label in rows)
+
+
+def _coco_ap(ap, ap50, ap75):
+  """An evaluation's COCO numbers as kd_jax.detection.evaluation reports them."""
+  return {"AP": ap, "AP50": ap50, "AP75": ap75, "APs": ap - 10, "APm": ap, "APl": ap + 10}
+
+
+def write_detection_run(workdir, config, ap, ap50, ap75, teacher_ap=None, periods=18):
+  """A finished detection run as kd_jax.train writes it: COCO AP once, after the last
+  period (detectron2's EVAL_PERIOD 0), the teacher's first for a distillation run."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config, f, sort_keys=True, indent=2)
+  records = [] if teacher_ap is None else [
+      {"step": 0, "kind": "teacher_eval", **_coco_ap(teacher_ap, 62.0, 45.0)}]
+  records += [{"step": 5000 * periods, "kind": "train", "loss": 0.5, "loss_cls": 0.2,
+               "images_per_second": 10.0, "lr": 0.0002},
+              {"step": 5000 * periods, "kind": "eval", **_coco_ap(ap, ap50, ap75),
+               "epoch": float(periods), "best_top1": ap}]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump({"best_top1": ap, "best_epoch": periods, "last_top1": ap,
+               "teacher_top1": teacher_ap, "epochs": periods, "metric": "AP"}, f)
+
+
+R101, R18 = "faster_rcnn_R101_FPN", "faster_rcnn_R18_FPN"
+
+
+@pytest.fixture
+def detection_root(tmp_path):
+  """Runs of configs/coco_kd.py KD++ (two seeds, main.py's default layout) and ReviewKD++
+  (kd_jax.tools.sweep's) on R101_R18, and of configs/coco_det.py:R18 alone."""
+  root = tmp_path / "runs"
+  for seed, (ap, ap50, ap75) in enumerate(((33.0, 53.0, 35.0), (34.0, 55.0, 36.0))):
+    write_detection_run(LAYOUTS["default"](str(root), "coco_kd", "det_kd_nd,R101_R18", seed),
+                        resolved_config("coco_kd", "det_kd_nd,R101_R18", seed),
+                        ap, ap50, ap75, teacher_ap=42.0, periods=36)
+  write_detection_run(LAYOUTS["sweep"](str(root), "coco_kd", "det_reviewkd_nd,R101_R18", 0),
+                      resolved_config("coco_kd", "det_reviewkd_nd,R101_R18", 0),
+                      34.5, 55.5, 37.0, teacher_ap=42.0, periods=36)
+  write_detection_run(LAYOUTS["default"](str(root), "coco_det", "R18", 0),
+                      resolved_config("coco_det", "R18", 0), 31.0, 51.0, 33.0)
+  return root
+
+
+def test_detection_table_shows_ap_ap50_ap75_and_the_teachers_published_ap(detection_root):
+  """issue #28: the detection table has AP (best, last), AP50 and AP75 of the final
+  evaluation, the teacher's measured AP next to detectron2's model-zoo number, methods
+  under their papers' names, and says that no student numbers could be sourced."""
+  rows = _csv_rows(detection_root)
+  assert sorted(rows) == ["DETECTOR", "KD++", "ReviewKD++"]
+  kd = rows["KD++"]
+  assert (kd["dataset"], kd["teacher"], kd["student"], kd["n"], kd["metric"]) == (
+      "coco", R101, R18, "2", "AP")
+  assert float(kd["best_mean"]) == pytest.approx(33.5)
+  assert float(kd["ap50_mean"]) == pytest.approx(54.0)
+  assert float(kd["ap50_std"]) == pytest.approx(2 ** 0.5)  # ddof=1
+  assert float(kd["ap75_mean"]) == pytest.approx(35.5)
+  assert kd["published"] == "" and kd["status"] == "finished"
+  alone = rows["DETECTOR"]
+  assert (alone["teacher"], alone["student"], float(alone["ap75_mean"])) == ("", R18, 33.0)
+
+  lines = summarize.table(str(detection_root)).splitlines()
+  assert lines[0] == "| teacher→student | teacher AP | DETECTOR | KD++ | ReviewKD++ |"
+  assert lines[2] == (
+      f"| {R101}→{R18} (coco) | 42.00 (paper 42.00) |  "
+      "| best 33.50 ± 0.71 · last 33.50 ± 0.71 · AP50 54.00 ± 1.41 · AP75 35.50 ± 0.71 "
+      "· n=2 | best 34.50 ± – · last 34.50 ± – · AP50 55.50 ± – · AP75 37.00 ± – "
+      "· n=1 |")
+  assert lines[3] == (f"| {R18} alone (coco) | – | best 31.00 ± – · last 31.00 ± – · "
+                      "AP50 51.00 ± – · AP75 33.00 ± – · n=1 |  |  |")
+  assert "none published in a source we could read" in lines[-1]
+
+  long = summarize.table(str(detection_root), "long").splitlines()
+  assert long[0] == ("| teacher→student | method | n | best AP | last AP | AP50 | AP75 | "
+                     "paper | Δbest | status |")
+  assert (f"| {R101}→{R18} (coco) | KD++ | 2 | 33.50 ± 0.71 | 33.50 ± 0.71 | "
+          "54.00 ± 1.41 | 35.50 ± 0.71 | – | – | finished |") in long
+
+
+def test_classification_and_detection_runs_in_one_table(detection_root):
+  """Both tasks under one root: the columns name both metrics and classification rows have
+  no AP50 / AP75 (a classification table alone keeps its columns: test_tools.py)."""
+  write_run(LAYOUTS["default"](str(detection_root), "cifar_kd", PAIR, 0),
+            resolved_config("cifar_kd", PAIR, 0), 71.0)
+  long = summarize.table(str(detection_root), "long").splitlines()
+  assert long[0].startswith("| teacher→student | method | n | best top-1 / AP | "
+                            "last top-1 / AP | AP50 | AP75 | paper |")
+  assert ("| resnet56→resnet20 | KD | 1 | 71.00 ± – | 71.00 ± – | – | – | 70.66 | "
+          "+0.34 | finished |") in long
+  rows = _csv_rows(detection_root)
+  assert (rows["KD"]["metric"], rows["KD"]["ap50_mean"]) == ("top1", "")

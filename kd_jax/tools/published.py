@@ -190,7 +190,17 @@ IMAGENET_PREFIXES = ("imagenet_", "vit_", "deit_", "regnet")
 
 def dataset_of(model):
   """The dataset the published numbers for `model` refer to."""
+  if model.startswith("faster_rcnn_"):
+    return "coco"
   return "imagenet" if model.startswith(IMAGENET_PREFIXES) else "cifar100"
+
+
+def teacher(model, dataset):
+  """The published number of teacher `model` on `dataset` (top-1, COCO box AP for a
+  detector), or None."""
+  if not dataset.startswith(dataset_of(model)):
+    return None
+  return DETECTION_TEACHERS_AP.get(model) if dataset == "coco" else TEACHERS.get(model)
 
 
 
@@ -202,9 +212,10 @@ def published_method(method_config):
   methods of NAMED map to their published name, CRD to 'CRD' (or 'CRD+KD' with a KD
   term), CTKD on KD with the global temperature to 'CTKD' / 'CTKD+LS' (DKD+CTKD and the
   instance-wise temperature have no published CIFAR number here); any other method has
-  none.
+  none. The detection methods ('det_kd_nd'...) are named as their papers' COCO tables
+  name them ('KD++', 'ReviewKD++', 'DKD', 'ReviewKD').
   """
-  name = str(method_config.get("name", "")).lower()
+  name = str(method_config.get("name", "")).lower().removeprefix("det_")
   if name in NAMED:
     return NAMED[name]
   if name == "crd":  # the README's CRD has no KD term; CRD+KD (kd_weight > 0) is unlisted

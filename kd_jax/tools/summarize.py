@@ -5,7 +5,9 @@
 Finds every run under --root (a folder with config.json and metrics.jsonl; the teacher a
 smoke run trains in its `teacher/` subfolder is not counted), groups them by method and
 teacher→student pair, and prints best-epoch and last-epoch test top-1 as mean ± sample std
-(ddof=1) over seeds. Both come from metrics.jsonl, so runs still training are shown too.
+(ddof=1) over seeds (detection runs: COCO box AP, with the final evaluation's AP50 and AP75
+beside it, the columns of the papers' detection tables). All come from metrics.jsonl, so
+runs still training are shown too.
 When a group has finished runs, only those enter the statistics and the others are noted
 ('+1 running: epoch 3/240, best 41.20'); a group with none finished shows its running runs'
 numbers marked '(running, epoch 3/240)'.
@@ -37,7 +39,10 @@ from kd_jax.errors import UserError
 from kd_jax.tools import published
 
 # Methods trained without a teacher: their rows are one model, compared with its alone number.
-TEACHERLESS = ("ce",)
+TEACHERLESS = ("ce", "detector")
+# Shown beside a detection run's AP: the final evaluation's, as the papers' tables (the ND,
+# DKD and ReviewKD papers' COCO tables give AP, AP50, AP75 of the final model).
+DETECTION_COLUMNS = ("AP50", "AP75")
 DASH = "–"
 
 
@@ -109,6 +114,10 @@ class Run:
   def last_top1(self):
     """Test top-1 (AP) after the latest evaluated epoch (the final one once finished)."""
     return self.evals[self.epochs_done][self.metric] if self.evals else None
+
+  def last_value(self, name):
+    """Metric `name` (e.g. AP50) of the latest evaluated epoch, or None."""
+    return self.evals[self.epochs_done].get(name) if self.evals else None
 
 
 def method_label(config):
@@ -257,6 +266,8 @@ class Cell:
   last: tuple | None
   published: float | None
   note: str  # '' when every run finished
+  metric: str = "top1"  # what best/last are: "top1", or "AP" for detection
+  final: dict = dataclasses.field(default_factory=dict)  # DETECTION_COLUMNS -> (mean, std)
 
   @property
   def n(self):
@@ -293,8 +304,15 @@ def summarize_group(runs):
     note = ""
   best = mean_std([r.best_top1 for r in counted]) if counted else None
   last = mean_std([r.last_top1 for r in counted]) if counted else None
+  metric = counted[0].metric if counted else "top1"
+  final = {}
+  for name in DETECTION_COLUMNS if metric == "AP" else ():
+    values = [r.last_value(name) for r in counted]
+    if None not in values:
+      final[name] = mean_std(values)
   return Cell(runs=runs, counted=counted, best=best, last=last,
-              published=published.for_config(runs[0].config), note=note)
+              published=published.for_config(runs[0].config), note=note, metric=metric,
+              final=final)
 
 
 def _fmt(stat):
@@ -327,14 +345,15 @@ def _teacher_cell(dataset, teacher, student, row):
     return DASH
   measured = [r.teacher_top1 for runs in row.values() for r in runs
               if r.teacher_top1 is not None]
-  paper = published.TEACHERS.get(teacher) if dataset.startswith(
-      published.dataset_of(teacher)) else None
+  paper = published.teacher(teacher, dataset)
   text = f"{math.fsum(measured) / len(measured):.2f}" if measured else DASH
   return text + (f" (paper {paper:.2f})" if paper is not None else "")
 
 
 def _cell_text(cell):
-  text = f"best {_fmt(cell.best)} · last {_fmt(cell.last)} · n={cell.n}"
+  text = f"best {_fmt(cell.best)} · last {_fmt(cell.last)}"
+  text += "".join(f" · {name} {_fmt(stat)}" for name, stat in cell.final.items())
+  text += f" · n={cell.n}"
   if cell.published is not None:
     text += f" · paper {cell.published:.2f} (Δbest {_signed(cell.difference)})"
   return text + (f" ({cell.note})" if cell.note else "")
@@ -343,40 +362,65 @@ def _cell_text(cell):
 LEGEND = ("Test top-1 (%): best = highest epoch, last = final epoch; mean ± sample std "
           f"(ddof=1, {DASH} for one run) over seeds; n = runs in the statistics; "
           "Δbest = best mean − paper.")
+DETECTION_LEGEND = (
+    "Detection (coco) rows: COCO box AP (%) in place of top-1, and AP50, AP75 of the final "
+    "evaluation (mean ± std over seeds); the teachers' paper AP is detectron2's model zoo "
+    f"({published.DETECTION_SOURCE}); students' and distilled detectors' COCO numbers: "
+    "none published in a source we could read.")
+
+
+def _metrics(cells):
+  """'top-1', 'AP' or 'top-1 / AP': what the table's best/last columns hold."""
+  metrics = {cell.metric for row in cells.values() for cell in row.values()}
+  return " / ".join(name for metric, name in (("top1", "top-1"), ("AP", "AP"))
+                    if metric in metrics)
+
+
+def _legend(cells):
+  detection = any(cell.metric == "AP" for row in cells.values() for cell in row.values())
+  return [LEGEND] + ([DETECTION_LEGEND] if detection else [])
 
 
 def _markdown(groups, cells, methods):
-  lines = ["| teacher→student | teacher top-1 | " + " | ".join(methods) + " |",
+  lines = [f"| teacher→student | teacher {_metrics(cells)} | " + " | ".join(methods) + " |",
            "|---" * (len(methods) + 2) + "|"]
   for key in sorted(groups, key=_row_order):
     texts = [_cell_text(cells[key][m]) if m in cells[key] else "" for m in methods]
     lines.append(f"| {row_label(*key)} | {_teacher_cell(*key, groups[key])} | "
                  + " | ".join(texts) + " |")
-  return "\n".join(lines + ["", LEGEND])
+  return "\n".join(lines + [""] + _legend(cells))
 
 
 def _long(groups, cells):
-  lines = ["| teacher→student | method | n | best top-1 | last top-1 | paper | Δbest | status |",
-           "|---" * 8 + "|"]
+  """One row per pair and method; AP50 and AP75 columns when detection runs are present."""
+  metric = _metrics(cells)
+  extra = DETECTION_COLUMNS if "AP" in metric.split(" / ") else ()
+  header = ["teacher→student", "method", "n", f"best {metric}", f"last {metric}", *extra,
+            "paper", "Δbest", "status"]
+  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
   for key in sorted(groups, key=_row_order):
     for method, cell in sorted(cells[key].items()):
       paper = DASH if cell.published is None else f"{cell.published:.2f}"
+      finals = "".join(f"{_fmt(cell.final.get(name))} | " for name in extra)
       lines.append(f"| {row_label(*key)} | {method} | {cell.n} | {_fmt(cell.best)} | "
-                   f"{_fmt(cell.last)} | {paper} | {_signed(cell.difference)} | "
+                   f"{_fmt(cell.last)} | {finals}{paper} | {_signed(cell.difference)} | "
                    f"{cell.note or 'finished'} |")
-  return "\n".join(lines + ["", LEGEND])
+  return "\n".join(lines + [""] + _legend(cells))
 
 
 def _csv(groups, cells):
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
-  writer.writerow(["dataset", "teacher", "student", "method", "n", "best_mean", "best_std",
-                   "last_mean", "last_std", "published", "diff_best", "status"])
+  finals = [f"{name.lower()}_{stat}" for name in DETECTION_COLUMNS for stat in ("mean", "std")]
+  writer.writerow(["dataset", "teacher", "student", "method", "n", "metric", "best_mean",
+                   "best_std", "last_mean", "last_std", *finals, "published", "diff_best",
+                   "status"])
   for key in sorted(groups, key=_row_order):
     for method, cell in sorted(cells[key].items()):
       best, last = cell.best or (None, None), cell.last or (None, None)
-      writer.writerow([*key, method, cell.n, *best, *last, cell.published, cell.difference,
-                       cell.note or "finished"])
+      final = [x for name in DETECTION_COLUMNS for x in cell.final.get(name, (None, None))]
+      writer.writerow([*key, method, cell.n, cell.metric, *best, *last, *final,
+                       cell.published, cell.difference, cell.note or "finished"])
   return out.getvalue().rstrip("\n")
 
 
