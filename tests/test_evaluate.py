@@ -66,7 +66,8 @@ def _flags(*args):
 
 def test_a_detector_on_bad_input_is_one_line(tmp_path):
   """Without a run's config: a detector on classification data, a classifier on COCO, a
-  teacher for a detector, a bad --options; COCO data missing (before anything compiles)."""
+  teacher for a detector, a bad --options or one for a classifier; COCO data missing
+  (all before anything compiles)."""
   with pytest.raises(UserError, match="--model=faster_rcnn_R18micro_FPN is a detector but "
                                       "dataset 'cifar10' is a classification dataset"):
     evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=faster_rcnn_R18micro_FPN",
@@ -80,6 +81,9 @@ def test_a_detector_on_bad_input_is_one_line(tmp_path):
   with pytest.raises(UserError, match="--options is not a JSON object"):
     evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=faster_rcnn_R18micro_FPN",
                         "--options=[1]"))
+  with pytest.raises(UserError, match="--options are a detector's settings; resnet8 takes"):
+    evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=resnet8", "--dataset=cifar10",
+                        '--options={"input_format": "RGB"}'))
   with pytest.raises(UserError, match="COCO 2017 not found under data_dir="):
     evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=faster_rcnn_R18micro_FPN",
                         "--source=folder", f"--data_dir={tmp_path / 'no_coco'}"))

@@ -138,6 +138,8 @@ def _config(flag):
     dtype = student.get("dtype", dtype)
     # `weights` initialised the run's training; the checkpoint holds what it became.
     options = {k: v for k, v in student.get("options", {}).items() if k != "weights"}
+  if flag.options and not detector:
+    raise UserError(f"--options are a detector's settings; {flag.model} takes none")
   if flag.options:
     try:
       given = json.loads(flag.options)
