@@ -1,13 +1,18 @@
-"""kd_jax.tools.evaluate: metrics by hand, and the command on a saved checkpoint."""
+"""kd_jax.tools.evaluate: metrics by hand, the command on a saved classifier and on a
+detection run (COCO AP as the run evaluates it), bad input."""
+import json
 import os
 import subprocess
 import sys
 
+from absl import flags
 from flax import nnx
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from kd_jax import checkpoint, models
+from kd_jax.errors import UserError
 from kd_jax.tools import evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,3 +54,80 @@ def test_command_on_a_teacher_directory(tmp_path):
       timeout=300)
   assert bad.returncode == 2 and "Traceback" not in bad.stderr
   assert "is resnet8 with 10 classes" in bad.stderr
+
+
+def _flags(*args):
+  """The command's flags parsed from `args` (its own FlagValues, as the command's)."""
+  values = flags.FlagValues()
+  evaluate.define_flags(values)
+  values(["evaluate", *args])
+  return values
+
+
+def test_a_detector_on_bad_input_is_one_line(tmp_path):
+  """Without a run's config: a detector on classification data, a classifier on COCO, a
+  teacher for a detector, a bad --options or one for a classifier; COCO data missing
+  (all before anything compiles)."""
+  with pytest.raises(UserError, match="--model=faster_rcnn_R18micro_FPN is a detector but "
+                                      "dataset 'cifar10' is a classification dataset"):
+    evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=faster_rcnn_R18micro_FPN",
+                        "--dataset=cifar10"))
+  with pytest.raises(UserError, match="--model=resnet8 is no detector but dataset 'coco' is "
+                                      "a detection dataset"):
+    evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=resnet8", "--dataset=coco"))
+  with pytest.raises(UserError, match="--teacher and --input_norm are for classification"):
+    evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=faster_rcnn_R18micro_FPN",
+                        f"--teacher={tmp_path}"))
+  with pytest.raises(UserError, match="--options is not a JSON object"):
+    evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=faster_rcnn_R18micro_FPN",
+                        "--options=[1]"))
+  with pytest.raises(UserError, match="--options are a detector's settings; resnet8 takes"):
+    evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=resnet8", "--dataset=cifar10",
+                        '--options={"input_format": "RGB"}'))
+  with pytest.raises(UserError, match="COCO 2017 not found under data_dir="):
+    evaluate.run(_flags(f"--checkpoint={tmp_path}", "--model=faster_rcnn_R18micro_FPN",
+                        "--source=folder", f"--data_dir={tmp_path / 'no_coco'}"))
+
+
+def test_a_detection_run_config_sets_data_dtype_and_options(tmp_path):
+  """A detection run's workdir: its data, eval batch, student dtype and options (less the
+  `weights` it started from), flags overriding them."""
+  from configs import coco_det  # pylint: disable=g-import-not-at-top
+  run = coco_det.get_config("R18")
+  run.student.dtype = "bfloat16"
+  (tmp_path / "config.json").write_text(run.to_json())
+  run = json.loads(run.to_json())  # as the run wrote it: tuples as lists
+  config, dtype, options = evaluate._config(_flags(  # pylint: disable=protected-access
+      f"--checkpoint={tmp_path}", "--model=faster_rcnn_R18_FPN", "--data_dir=/coco",
+      '--options={"score_thresh_test": 0.1}'))
+  assert config.data.to_dict() == dict(run["data"], data_dir="/coco")
+  assert config.eval_batch_size == run["eval_batch_size"] and dtype == jnp.bfloat16
+  expected = {k: v for k, v in run["student"]["options"].items() if k != "weights"}
+  assert options == dict(expected, score_thresh_test=0.1)
+  with pytest.raises(UserError, match="--model=resnet8 is no detector but dataset 'coco'"):
+    evaluate._config(  # pylint: disable=protected-access
+        _flags(f"--checkpoint={tmp_path}", "--model=resnet8"))
+
+
+@pytest.mark.slow
+def test_command_evaluates_a_detection_run_as_the_run_did(tmp_path, capsys):
+  """The smoke detector after 2 iterations: the command on its workdir (in this process:
+  the run's 8 devices) writes the same detections json (so the same AP, exactly) and AP
+  table as the run's own end-of-run evaluation, and prints the AP the run logged.
+  Default-suite checks: the evaluator itself (tests/test_detection_task.py
+  test_a_detection_run_trains_evaluates_and_writes_ap), the command's settings
+  (test_a_detection_run_config_sets_data_dtype_and_options)."""
+  from kd_jax import train  # pylint: disable=g-import-not-at-top
+  from tests.test_detection_task import _tiny  # pylint: disable=g-import-not-at-top
+  workdir, output = tmp_path / "run", tmp_path / "evaluated"
+  result = train.train_and_evaluate(_tiny(tmp_path, tmp_path / "shapes"), str(workdir))
+  logged = [json.loads(line) for line in open(workdir / "metrics.jsonl") if '"eval"' in line][-1]
+  assert result.last_top1 == logged["AP"] == json.load(open(workdir / "summary.json"))["best_top1"]
+  capsys.readouterr()
+  evaluate.run(_flags(f"--checkpoint={workdir}", "--model=faster_rcnn_R18micro_FPN",
+                      f"--output={output}"))
+  for name in ("coco_instances_results.json", "coco_ap.txt"):
+    assert (output / name).read_bytes() == (workdir / "eval" / name).read_bytes(), name
+  printed = dict(zip(*[iter(capsys.readouterr().out.splitlines()[0].split())] * 2))
+  assert printed == {name: f"{logged[name]:.3f}" for name in
+                     ("AP", "AP50", "AP75", "APs", "APm", "APl")}
