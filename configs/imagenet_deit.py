@@ -23,12 +23,14 @@ plain crop + flip pipeline (emb_fea_distribution.py), which kd_jax recomputes.
 Loss: CE(class head, mixed targets) + min(1, e/5) 0.5 CE(distillation head, teacher
 argmax) + 1.5 ND; evaluation on the mean of both heads.
 
-Student and teacher compute in float32 as in their code: train_launch_distilled.py has no
-autocast. DeiT's own code (facebookresearch/deit engine.py) trains under
-torch.cuda.amp.autocast, float16 mixed precision; `--config.student.dtype=bfloat16
---config.teacher.dtype=bfloat16` is its TPU/H100 counterpart (bfloat16 convolutions and
-matmuls, float32 parameters, optimizer, normalisation, softmax and losses), about twice
-the matmul throughput of TF32; its accuracy against float32 on this recipe is unmeasured. The published DeiT 83.4 is the DeiT
+Student and teacher compute in bfloat16 by default (bfloat16 convolutions and matmuls;
+float32 parameters, AdamW state, normalisation, softmax and losses; docs/scale.md): DeiT's
+own training code (facebookresearch/deit engine.py), where this student and its RegNetY
+teacher come from, runs the student and (in its DistillationLoss) the teacher under
+torch.cuda.amp.autocast, float16 mixed precision, of which bfloat16 is the TPU/H100
+counterpart (about twice the matmul throughput of TF32). The ND authors' train_launch_distilled.py has no autocast: their run
+is float32, `--config.student.dtype=float32 --config.teacher.dtype=float32`. bfloat16's
+accuracy against float32 on this recipe is unmeasured. The published DeiT 83.4 is the DeiT
 paper's DeiT-B distilled, trained by DeiT's own recipe (0.5 CE + 0.5 hard distillation,
 lr 5e-4 x batch/512, weight decay 0.05, 5 warm-up epochs, repeated augmentation), which is
 not this recipe: `deit` here is the ablation, DeiT++ without ND.
@@ -59,6 +61,7 @@ def get_config(arg="deit_nd,regnety160_deitb"):
   config.data.update(dict(train_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic"))
   config.student.update(dict(model=PAIRS["regnety160_deitb"][1], drop_path_rate=0.1,
                              classifier_init="normal_0.01"))
+  config.student.dtype = config.teacher.dtype = "bfloat16"  # DeiT's AMP (docstring)
   config.num_epochs, config.batch_size = 300, 2048
   config.source = ("ND authors' ImageNet/DeiT/train.sh, train_launch_distilled.py "
                    "(WangYZ1608/Knowledge-Distillation-via-ND; METHODS.md 11)")

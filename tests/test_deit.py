@@ -216,6 +216,9 @@ def test_the_recipe_card_is_the_authors_run():
                                  "init normal_0.01")
   assert "mixup 0.8 / cutmix 1 (switch 0.5, p 1, within groups of 256)" in card["augmentation"]
   assert card["published"].startswith("DeiT++ 83.60 (ND authors' README")
+  # DeiT's code trains under AMP: bfloat16 compute by default (configs/imagenet_deit.py)
+  assert "bfloat16 compute, float32 parameters and normalisation" in card["student"]
+  assert "bfloat16 compute, float32 parameters and normalisation" in card["teacher"]
   assert dict(recipe.card(imagenet_deit.get_config("deit,regnety160_deitb")))[
       "published"].startswith("DeiT 83.40 (DeiT paper's DeiT-B distilled, trained by DeiT's own")
 

@@ -2,14 +2,32 @@
 convolutions and matmuls; float32 parameters, optimizer state, BatchNorm/LayerNorm
 statistics and normalisation, softmax, losses and the methods' extras.
 
-Tolerance. bfloat16 keeps 8 significant bits, so one rounding moves a value by at most
-u = 2^-9 relative. A network of L convolution/linear layers rounds each layer's input,
-weights and output, ~3L roundings in all; float32 normalisation keeps every layer's scale,
-so the errors add roughly as independent ones: a relative L2 error of about sqrt(3L) u
-in the logits and features. We allow 4 sqrt(3L) u (e.g. 3.4% for resnet8's 8 layers,
-5% for an 18-layer net). A loss term is a smooth function of those outputs (softmax,
-cosines, means of squares, all in float32), so it gets the same bound relative to its
-float32 value. The two results must also differ: the bfloat16 path really ran in bfloat16.
+Tolerance of the models' outputs. bfloat16 keeps 8 significant bits: each rounding moves a
+value by at most u = 2^-8 relative. How far those roundings move a network's outputs
+depends on the network: in train mode at initialisation the depthwise/grouped nets
+amplify any perturbation about 1.1-1.3x a layer (MobileNetV2's error grows from 0.3% after
+its first BatchNorm to 38% at its last, smoothly, with no channel whose batch mean is large
+against its standard deviation), so one bound in u and the depth cannot hold for all.
+The reference is therefore the network itself: tests/bfloat16_noise.py runs the bfloat16
+computation in float32 with every bfloat16 rounding replaced by an independent draw of
+round-to-nearest's error at that value (uniform in +-half a bfloat16 spacing). The real
+bfloat16 result is one more draw of that kind, so its error against float32 must be within
+C = 2 times the mean error of SEEDS = 3 such draws. Measured logits errors (bfloat16;
+the mean of 4 draws): resnet8 0.37% (0.39%), wrn_16_1 0.39% (0.58%), vgg8 0.37% (0.64%),
+ResNet18 0.91% (1.25%), imagenet_resnet18 2.1% (3.0%), RegNetY (two stages) 0.53%
+(0.66%), MobileNetV2 23% (27%), ShuffleV1 12% (16%), ShuffleV2 10% (14%),
+imagenet_mobilenetv1 18% (25%), vit_micro 0.84% (1.0%), deit_micro 0.61% (0.78%); over
+logits, pooled features and stages the largest ratio was 0.97 (wrn_16_1), and the draws
+stayed within 16% of their mean. So 2x leaves room for an unlucky draw, and fails when
+bfloat16 moves the outputs twice as far as independent round-to-nearest errors would
+(e.g. roundings the policy should not have: a normalisation or a sum in bfloat16). The
+error must also be positive: the bfloat16 path really ran in bfloat16.
+
+Tolerance of the loss terms: a network of L convolution/linear layers rounds each layer's
+input, weights and output, ~3L roundings, which add roughly as independent ones in networks
+that do not amplify (resnet8: the noise model's logits error 0.39% against sqrt(3L) u =
+1.9%); we allow 4 sqrt(3L) u relative, a loss term being a smooth function of the outputs
+(softmax, cosines, means of squares, all in float32).
 """
 import math
 
@@ -25,8 +43,10 @@ from kd_jax.data import feeders
 from kd_jax.errors import UserError
 from kd_jax.models import regnet
 from kd_jax.tools import recipe
+from tests import bfloat16_noise
 
-U = 2.0 ** -9  # bfloat16's unit roundoff
+U = 2.0 ** -8  # bfloat16's unit roundoff
+SEEDS, C = 3, 2  # draws of the rounding-noise model; allowed multiple of their mean error
 
 
 def _bound(model):
@@ -44,61 +64,56 @@ def _tiny_regnet(dtype):
   return regnet.RegNet(((16, 1, 8), (32, 1, 8)), 10, dtype=dtype, rngs=nnx.Rngs(0))
 
 
-BUILDERS = {
-    "resnet8": lambda dtype: models.create("resnet8", 10, rngs=nnx.Rngs(0), dtype=dtype),
-    "regnety_tiny": _tiny_regnet,
-    "deit_micro_distilled_patch16_64": lambda dtype: models.create(
-        "deit_micro_distilled_patch16_64", 10, rngs=nnx.Rngs(0), dtype=dtype),
-}
-# Every other family of the zoo at CIFAR size (ImageNet CNNs at 64x64) in the slow suite.
-# The depthwise/grouped-convolution nets at initialisation, in train mode on a batch of 8,
-# amplify the rounding about 2x a stage instead of adding it up: MobileNetV2's stage errors
-# were 0.3%, 1.4%, 2.9%, 13%, 35%; logits MobileNetV2 23% (bound 9.9%), ShuffleV1 11.9%
-# (9.6%), ShuffleV2 10.24% (10.22%), imagenet_mobilenetv1 17.5% (7.2%). Kept as strict
-# expected failures until a bfloat16 training run of these students is measured.
-AMPLIFYING = pytest.mark.xfail(strict=True, reason="amplifies bfloat16 rounding at init")
-SLOW_FAMILIES = ("wrn_16_1", "vgg8", pytest.param("MobileNetV2", marks=AMPLIFYING),
-                 pytest.param("ShuffleV1", marks=AMPLIFYING),
-                 pytest.param("ShuffleV2", marks=AMPLIFYING), "ResNet18",
-                 "imagenet_resnet18", pytest.param("imagenet_mobilenetv1", marks=AMPLIFYING),
-                 "vit_micro_patch16_64")
+_create = lambda name: lambda dtype: models.create(name, 10, rngs=nnx.Rngs(0), dtype=dtype)
+# A CNN and a ViT in the default suite; every other family of the zoo at CIFAR size
+# (ImageNet nets at 64x64) in the slow suite.
+BUILDERS = {"resnet8": _create("resnet8"),
+            "deit_micro_distilled_patch16_64": _create("deit_micro_distilled_patch16_64")}
+SLOW_BUILDERS = {"regnety_tiny": _tiny_regnet, **{name: _create(name) for name in (
+    "wrn_16_1", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet18",
+    "imagenet_resnet18", "imagenet_mobilenetv1", "vit_micro_patch16_64")}}
+_size = lambda name: 64 if name.startswith(("imagenet_", "vit_", "deit_", "regnet")) else 32
 
 
-def _forward_both(build, size):
-  """(float32 model, (logits, features) in float32, the same in bfloat16) on fixed images
-  in train mode (batch statistics, as in training)."""
-  images = jax.random.normal(jax.random.key(1), (8, size, size, 3), jnp.float32)
-  outputs = []
-  for dtype in (jnp.float32, jnp.bfloat16):
-    model = build(dtype)
-    outputs.append(nnx.jit(lambda m, x: m(x, train=True))(model, images))
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
-  return model, outputs
+def _outputs(logits, features):
+  return {"logits": logits, "pooled": features["pooled"],
+          **{f"stage {i}": stage for i, stage in enumerate(features["stages"])}}
 
 
 def _check_family(build, size):
-  model, ((logits, features), (low_logits, low_features)) = _forward_both(build, size)
-  assert low_logits.dtype == jnp.bfloat16 and features["pooled"].dtype == jnp.float32
-  bound = _bound(model)
-  for name, low, high in [("logits", low_logits, logits),
-                          ("pooled", low_features["pooled"], features["pooled"]),
-                          *[(f"stage {i}", lo, hi) for i, (lo, hi) in enumerate(
-                              zip(low_features["stages"], features["stages"]))]]:
-    error = _relative_error(low, high)
-    assert 0 < error < bound, (name, error, bound)
+  """bfloat16's error of logits, pooled features and stage outputs against float32, on fixed
+  images in train mode (batch statistics, as in training), within C times the mean error of
+  SEEDS runs of the rounding-noise model (tests/bfloat16_noise.py), and not zero."""
+  images = jax.random.normal(jax.random.key(1), (8, size, size, 3), jnp.float32)
+  runs = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    model = build(dtype)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
+    graph, state = nnx.split(model)
+    forward = lambda state, x, graph=graph: nnx.merge(graph, state)(x, train=True)
+    runs[dtype] = forward, state, jax.jit(forward)(state, images)
+  high = _outputs(*runs[jnp.float32][2])
+  forward, state, (low_logits, low_features) = runs[jnp.bfloat16]
+  assert low_logits.dtype == jnp.bfloat16
+  low = _outputs(low_logits, low_features)
+  noisy = bfloat16_noise.noisy_float32(forward)
+  draws = [_outputs(*noisy(jax.random.key(seed), state, images)) for seed in range(SEEDS)]
+  for name in high:
+    error = _relative_error(low[name], high[name])
+    model = np.mean([_relative_error(draw[name], high[name]) for draw in draws])
+    assert 0 < error < C * model, (name, error, model)
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
-def test_bfloat16_outputs_within_the_rounding_bound(name):
-  _check_family(BUILDERS[name], 64 if "64" in name or "regnet" in name else 32)
+def test_bfloat16_outputs_within_the_rounding_noise_model(name):
+  _check_family(BUILDERS[name], _size(name))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SLOW_FAMILIES)
-def test_bfloat16_outputs_within_the_rounding_bound_every_family(name):
-  build = lambda dtype: models.create(name, 10, rngs=nnx.Rngs(0), dtype=dtype)
-  _check_family(build, 64 if name.startswith(("imagenet_", "vit_")) else 32)
+@pytest.mark.parametrize("name", list(SLOW_BUILDERS))
+def test_bfloat16_outputs_within_the_rounding_noise_model_every_family(name):
+  _check_family(SLOW_BUILDERS[name], _size(name))
 
 
 def _tiny_config(config_module, arg, teacher_dir, dtype):

@@ -51,7 +51,7 @@ def test_one_step_on_8_devices_equals_1_device(config_module, dtype, dataset, te
   groups of 8 of the global batch of 16, as the authors' DataParallel (METHODS.md 5).
   bfloat16 (tests/test_precision.py): BatchNorm's float32 batch statistics, reduced in
   another order over 8 devices, differ in the last float32 bits, and that flips the
-  bfloat16 rounding (2^-9 relative) of a few normalised activations. The loss terms then
+  bfloat16 rounding (2^-8 relative) of a few normalised activations. The loss terms then
   agree to within one such rounding, the parameter and statistic updates of the step to
   within 4 sqrt(3 L) of them relative (L layers; as tests/test_precision.py), not to
   float32's last bits.
