@@ -7,6 +7,7 @@ A teacher comes from one of three places, told apart by what the path holds:
     or `python -m kd_jax.convert_teacher`;
   * a kd_jax run's workdir (e.g. a `cifar_ce` teacher run): its final student.
 """
+import functools
 import json
 import os
 import time
@@ -28,8 +29,10 @@ RUN_INFO = "run.json"  # written by train.py: the student's model name and class
 _INFO_REMEDY = "restore it from a copy, or produce that teacher again"
 
 
+@functools.cache
 def _orbax_for_this_backend():
-  """Orbax's replica-parallel save off on CPU devices, as Orbax itself does on GPU.
+  """Orbax's replica-parallel save off on CPU devices, as Orbax itself does on GPU (once
+  per process: Orbax logs each registration).
 
   Replica-parallel saving has each device copy out a slice of every replicated array, an
   eager `slice` compiled once per array shape and device at the first save (96 compiles
