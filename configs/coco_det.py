@@ -35,6 +35,7 @@ import tempfile
 import ml_collections
 
 from configs import cifar_common
+from kd_jax.data import detection_transforms as transforms
 
 BGR_MEAN = (103.530, 116.280, 123.675)  # detectron2's PIXEL_MEAN (BGR)
 IMAGENET_STD_BGR = (57.375, 57.120, 58.395)  # the ND R18 configs' PIXEL_STD
@@ -59,8 +60,9 @@ def get_base(arg):
   config = cifar_common.get_base(dict(name="detector"))
   config.data = ml_collections.ConfigDict(dict(
       dataset="coco", source="tfds", data_dir="", period=5000, max_boxes=100,
-      short_edges=(640, 672, 704, 736, 768, 800), max_size=1333, test_short_edge=800,
-      test_max_size=1333, num_threads=0, worker_count=-1))
+      short_edges=transforms.MIN_SIZE_TRAIN, max_size=transforms.MAX_SIZE_TRAIN,
+      test_short_edge=transforms.MIN_SIZE_TEST, test_max_size=transforms.MAX_SIZE_TEST,
+      num_threads=0, worker_count=-1))
   config.optim.update(dict(lr=0.02, momentum=0.9, weight_decay=1e-4, decay_epochs=(),
                            schedule="warmup_multistep", decay_steps=(60000, 80000),
                            warmup_steps=1000, warmup_factor=0.001))

@@ -39,6 +39,7 @@ import ml_collections
 
 from kd_jax import checkpoint, evaluation, models, run_files, train
 from kd_jax.data import augment, feeders
+from kd_jax.data import detection_transforms as transforms
 from kd_jax.errors import UserError
 
 
@@ -98,9 +99,11 @@ def evaluate_detector(model, feeder, output_dir=None):
 
 # detectron2's test input (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) for COCO without a run's
 # config; the training fields are unused here but the feeder builds its train iterator.
-_DETECTION_DATA = dict(dataset="coco", source="tfds", data_dir="", period=1, max_boxes=100,
-                       short_edges=(800,), max_size=1333, test_short_edge=800,
-                       test_max_size=1333, num_threads=0, worker_count=-1)
+_DETECTION_DATA = dict(
+    dataset="coco", source="tfds", data_dir="", period=1, max_boxes=100,
+    short_edges=(transforms.MIN_SIZE_TEST,), max_size=transforms.MAX_SIZE_TEST,
+    test_short_edge=transforms.MIN_SIZE_TEST, test_max_size=transforms.MAX_SIZE_TEST,
+    num_threads=0, worker_count=-1)
 _METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 _REMEDY = ("restore it from a copy, or delete it and pass the data flags (--dataset, "

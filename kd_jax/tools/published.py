@@ -203,7 +203,6 @@ def teacher(model, dataset):
   return DETECTION_TEACHERS_AP.get(model) if dataset == "coco" else TEACHERS.get(model)
 
 
-
 def published_method(method_config):
   """The published method a run's `config.method` reproduces ('KD', 'DKD++'...), or None.
 

@@ -67,9 +67,7 @@ def card(config):
     lines += method.describe_extras(*widths).items()
   data = config.data
   lines.append(("data", f"{data.dataset} (source {data.source})"))
-  if "period" in data:
-    lines.append(("augmentation", method.describe_views()))
-  elif feeders.DATASETS[data.dataset][1] is feeders.HostFeeder:
+  if feeders.DATASETS[data.dataset][1] is feeders.HostFeeder:
     lines.append(("augmentation", host_augmentation(data)))
   else:
     lines.append(("augmentation", method.describe_views()))
