@@ -6,7 +6,6 @@ user's ~/.cache (see _share_compilations), and, under xdist, whole files per wor
 pytest_cmdline_main); tests/README.md has the numbers.
 """
 import atexit
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -29,8 +28,13 @@ def _share_compilations():
   A fresh directory per session (made by the first process, inherited by the rest, removed
   at its exit), so nothing outlives a run: an entry is only ever found for the identical
   XLA program, compile options, devices and jax/XLA versions (JAX's cache key), so a hit
-  gives the executable a compile would. A size limit turns on JAX's file lock, so no
-  process reads an entry another one is still writing.
+  gives the executable a compile would.
+
+  No size limit: with one, JAX's LRU cache lists and stats every entry of the directory on
+  each write (`_evict_if_needed`), and the suite writes ~10^4 entries, so each compile got
+  slower as the run went on (tests/README.md). Without it there is no file lock either: an
+  entry read while another process writes it is truncated, fails to decompress, and JAX
+  warns and compiles (`compiler._cache_read`); it never loads a wrong executable.
   """
   directory = os.environ.get(_CACHE_VARIABLE)
   if not directory:
@@ -40,8 +44,6 @@ def _share_compilations():
   os.environ["KD_JAX_COMPILE_CACHE"] = directory  # runs' compile_cache_dir="auto" (kd_jax)
   settings = {"jax_compilation_cache_dir": directory,
               "jax_persistent_cache_min_compile_time_secs": 0}
-  if importlib.util.find_spec("filelock") is not None:  # JAX needs it for a size limit
-    settings["jax_compilation_cache_max_size"] = 2 ** 32
   for name, value in settings.items():
     jax.config.update(name, value)
     os.environ[name.upper()] = str(value)  # read by JAX in the subprocesses
