@@ -8,21 +8,27 @@ import subprocess
 import sys
 import time
 
-from flax import nnx
-import jax
 import numpy as np
 import pytest
 
-from kd_jax import checkpoint, guards, train
+from kd_jax import guards, train
 from kd_jax.errors import UserError
 from kd_jax.metrics import MetricWriter, read_metrics
+from tests import micro_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def config(tiny_kd_config):
-  return tiny_kd_config
+def config(tiny_kd_config, tmp_path_factory):
+  """tiny_kd_config with a micro CNN teacher and student: what is checked here (resume,
+  refusals, divergence) does not depend on the model, and each of the file's ten runs
+  costs a fraction of resnet8's (tests/micro_cnn.py)."""
+  with micro_cnn.registered():
+    config = tiny_kd_config.copy_and_resolve_references()
+    config.teacher.model = config.student.model = micro_cnn.NAME
+    config.teacher.checkpoint = micro_cnn.save_teacher(str(tmp_path_factory.mktemp("teacher")))
+    yield config
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,7 @@ def straight_run(tmp_path_factory, config, dataset):
 
 
 def _params(workdir):
-  return jax.tree.leaves(nnx.state(checkpoint.load_teacher(workdir, "resnet8", 10)))
+  return micro_cnn.final_params(workdir)
 
 
 def test_sigterm_mid_run_checkpoints_and_resumes_to_identical_parameters(
