@@ -10,7 +10,6 @@ import json
 import os
 import signal
 
-from flax import nnx
 import jax
 import numpy as np
 import pytest
@@ -21,13 +20,21 @@ from kd_jax.data import feeders
 from kd_jax.errors import UserError
 from kd_jax.metrics import MetricWriter, read_metrics
 from kd_jax.tools import summarize
+from tests import micro_cnn
 
 SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
-def config(tiny_kd_config):
-  return tiny_kd_config
+def config(tiny_kd_config, tmp_path_factory):
+  """tiny_kd_config with a micro CNN teacher and student: a seed's numbers in a program of
+  seeds against the seed alone do not depend on the model, and each step and run costs a
+  fraction of resnet8's (tests/micro_cnn.py)."""
+  with micro_cnn.registered():
+    config = tiny_kd_config.copy_and_resolve_references()
+    config.teacher.model = config.student.model = micro_cnn.NAME
+    config.teacher.checkpoint = micro_cnn.save_teacher(str(tmp_path_factory.mktemp("teacher")))
+    yield config
 
 
 def test_seeds_are_laid_over_the_devices_first():
@@ -62,7 +69,7 @@ def test_host_fed_dataset_with_several_seeds_is_one_line(tmp_path):
 def _trainers(config, dataset, seed_list, devices, within=None):
   """One SeedsTrainer of `seed_list` over `devices` and a Trainer per seed on 1 device."""
   method = methods.create(config.method)
-  teacher = checkpoint.load_teacher(config.teacher.checkpoint, "resnet8", 10)
+  teacher = checkpoint.load_teacher(config.teacher.checkpoint, micro_cnn.NAME, 10)
   mesh = seeds.seeds_mesh(len(seed_list), devices)
   feeder = feeders.DeviceFeeder(dataset, config, mesh)
   configs = [seeds._with_seed(config, seed) for seed in seed_list]  # pylint: disable=protected-access
@@ -109,7 +116,7 @@ def test_two_steps_of_two_seeds_equal_each_seed_alone(config, dataset, within, n
 
 
 def _final_params(workdir):
-  return jax.tree.leaves(nnx.state(checkpoint.load_teacher(workdir, "resnet8", 10)))
+  return micro_cnn.final_params(workdir)
 
 
 @pytest.fixture(scope="module")
