@@ -21,6 +21,7 @@ from kd_jax import step as step_lib
 from kd_jax.data import feeders
 from kd_jax.metrics import read_metrics
 from kd_jax.models import layers
+from tests import micro_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,13 +40,30 @@ def dataset():
   return data.load("cifar10", "synthetic", synthetic_train_size=64, synthetic_test_size=40)
 
 
-@pytest.mark.parametrize("config_module,dtype", [
-    (cifar_kd, "float32"), (cifar_kd, "bfloat16"),
-    pytest.param(cifar_cskd, "float32", marks=pytest.mark.slow),
-    pytest.param(cifar_nd, "float32", marks=pytest.mark.slow)],
+@pytest.fixture(scope="module")
+def micro():
+  """The micro CNN (tests/micro_cnn.py) in the model registry for this module."""
+  with micro_cnn.registered():
+    yield micro_cnn.NAME
+
+
+# conv/linear layers on the longest path, the L of the bfloat16 bound below
+DEPTHS = {"resnet8": 8, micro_cnn.NAME: 2}
+
+
+@pytest.mark.parametrize("config_module,dtype,model", [
+    (cifar_kd, "float32", micro_cnn.NAME), (cifar_kd, "bfloat16", micro_cnn.NAME),
+    pytest.param(cifar_cskd, "float32", "resnet8", marks=pytest.mark.slow),
+    pytest.param(cifar_nd, "float32", "resnet8", marks=pytest.mark.slow)],
     ids=["kd", "kd_bfloat16", "cskd", "nd_grouped_bn"])
-def test_one_step_on_8_devices_equals_1_device(config_module, dtype, dataset, teacher_dir):
+def test_one_step_on_8_devices_equals_1_device(config_module, dtype, model, dataset, request,
+                                               micro):
   """Loss terms, updated parameters (so gradients) and BatchNorm statistics agree.
+
+  The default cases (kd, kd_bfloat16) step a micro CNN teacher and student
+  (tests/micro_cnn.py): a convolution, BatchNorm over the sharded batch and a
+  classifier, the layers that 8 devices change, at a fraction of resnet8's compile time;
+  the slow cases (cskd, nd_grouped_bn) a resnet8 student and saved resnet8 teacher.
 
   The ND case: a projection head (student 64 -> teacher 256 wide) and BatchNorm in
   groups of 8 of the global batch of 16, as the authors' DataParallel (METHODS.md 5).
@@ -56,9 +74,10 @@ def test_one_step_on_8_devices_equals_1_device(config_module, dtype, dataset, te
   within 4 sqrt(3 L) of them relative (L layers; as tests/test_precision.py), not to
   float32's last bits.
   """
+  teacher_dir = request.getfixturevalue("teacher_dir") if model == "resnet8" else ""
   config = _tiny_config(config_module, teacher_dir)
-  config.student.dtype = dtype
-  teacher_model, frozen = "resnet8", None
+  config.student.model, config.student.dtype = model, dtype
+  teacher_model, frozen = model, None
   if config_module is cifar_nd:
     teacher_model, config.student.bn_group_size = "resnet8x4", 8
     frozen = {"class_means": jax.random.normal(jax.random.key(3), (10, 256))}
@@ -88,7 +107,7 @@ def test_one_step_on_8_devices_equals_1_device(config_module, dtype, dataset, te
     # another reduction order shows up as ~3e-6 absolute.
     np.testing.assert_allclose(sums_8[key], sums_1[key], rtol=2.0**-9 if bfloat16 else 2e-5,
                                atol=1e-5, err_msg=key)
-  bound = 4 * math.sqrt(3 * 8) * 2.0**-9  # resnet8: 8 conv/linear layers
+  bound = 4 * math.sqrt(3 * DEPTHS[model]) * 2.0**-9
   for a, b, start in zip(jax.tree.leaves(params_1) + jax.tree.leaves(stats_1),
                          jax.tree.leaves(params_8) + jax.tree.leaves(stats_8),
                          jax.tree.leaves(before)):
@@ -266,12 +285,14 @@ def test_every_smoke_config_runs_from_main(tmp_path, config):
   assert len(read_metrics(str(tmp_path), "eval")) == 2
 
 
-def test_train_step_compiles_once(dataset, teacher_dir):
-  """Fresh metric sums after a log point must not trigger a second compilation."""
-  config = _tiny_config(cifar_kd, teacher_dir)
-  teacher = checkpoint.load_teacher(teacher_dir, "resnet8", 10)
+def test_train_step_compiles_once(dataset, micro):
+  """Fresh metric sums after a log point must not trigger a second compilation. (The
+  micro CNN: the 8-device step of test_one_step_on_8_devices_equals_1_device[kd], so a
+  cache hit in the suite.)"""
+  config = _tiny_config(cifar_kd, "")
+  teacher = models.create(micro, 10, rngs=nnx.Rngs(7))
   feeder = feeders.DeviceFeeder(dataset, config, train.data_mesh())
-  trainer = train.Trainer(config, feeder, models.create("resnet8", 10, rngs=nnx.Rngs(0)),
+  trainer = train.Trainer(config, feeder, models.create(micro, 10, rngs=nnx.Rngs(0)),
                           teacher, methods.create(config.method), train.data_mesh())
   batch = next(feeder.train_batches(0))
   sums = trainer.init_metric_sums()
