@@ -17,6 +17,7 @@ from kd_jax import methods, train
 from kd_jax.data import feeders, image_folder
 from kd_jax.errors import UserError
 from kd_jax.metrics import read_metrics
+from tests import micro_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Written in this (unsorted) order; class k is the k-th in sorted order.
@@ -142,9 +143,14 @@ def test_host_feeder_batches_carry_dataset_indices(folder):
 
 
 def test_kd_trains_its_teacher_then_the_student_in_process(folder, tmp_path):
-  """The image_folder config end to end: teacher bootstrapped (1 epoch), student 2."""
+  """The image_folder config end to end: teacher bootstrapped (1 epoch), student 2. On a
+  micro CNN teacher and student (tests/micro_cnn.py): the folder pipeline and the
+  bootstrapping are under test, not the model (the slow main.py runs below use resnet8)."""
   workdir = str(tmp_path / "run")
-  result = train.train_and_evaluate(_config(folder[0]), workdir)
+  config = _config(folder[0])
+  config.teacher.model = config.student.model = micro_cnn.NAME
+  with micro_cnn.registered():
+    result = train.train_and_evaluate(config, workdir)
   assert result.finished and result.epochs == 2
   assert result.teacher_top1 is not None
   assert len(read_metrics(workdir, "teacher_eval")) == 1
