@@ -15,6 +15,7 @@ from configs import cifar_ce
 from kd_jax import data, methods, train
 from kd_jax.data import batching, feeders
 from kd_jax.methods.base import Method, Setup, cross_entropy
+from tests import micro_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, BATCH = 64, 16
@@ -25,9 +26,19 @@ def dataset():
   return data.load("cifar10", "synthetic", synthetic_train_size=NUM_TRAIN, synthetic_test_size=16)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def micro():
+  """The micro CNN (tests/micro_cnn.py) in the model registry for this module."""
+  with micro_cnn.registered():
+    yield
+
+
 @pytest.fixture()
 def config():
+  """cifar_ce's smoke config on a micro CNN student: the seam is under test, not the model,
+  and its runs compile a fraction of resnet8's program (tests/micro_cnn.py)."""
   config = cifar_ce.get_config("smoke")
+  config.student.model = micro_cnn.NAME
   config.data.synthetic_train_size, config.data.synthetic_test_size = NUM_TRAIN, 16
   config.batch_size, config.num_epochs = BATCH, 2
   config.eval_batch_size, config.log_every_steps = 16, 2
