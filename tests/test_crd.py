@@ -21,6 +21,7 @@ from kd_jax.methods import Aux, ModelOutput, Setup
 from kd_jax.methods import crd as crd_lib
 from kd_jax.metrics import read_metrics
 from kd_jax.tools import published, recipe
+from tests import micro_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNG = np.random.default_rng(0)
@@ -360,10 +361,21 @@ def reuse_compiled(monkeypatch, compiled):
   monkeypatch.setattr(evaluation, "Evaluator", memo_evaluator)
 
 
+@pytest.fixture(scope="module")
+def micro_teacher_dir(tmp_path_factory):
+  """A saved micro CNN teacher (tests/micro_cnn.py), the model registered for the module:
+  CRD's heads, banks and sampler across devices and resumes do not depend on the model,
+  and a micro CNN's steps compile in a fraction of resnet8's time."""
+  with micro_cnn.registered():
+    yield micro_cnn.save_teacher(str(tmp_path_factory.mktemp("micro_teacher")))
+
+
 def _tiny_config(teacher_dir):
+  """CRD's smoke config on a micro CNN teacher (at `teacher_dir`) and student."""
   config = cifar_crd.get_config("smoke")
   config.teacher.model, config.teacher.checkpoint, config.teacher.train_epochs = (
-      "resnet8", teacher_dir, 0)
+      micro_cnn.NAME, teacher_dir, 0)
+  config.student.model = micro_cnn.NAME
   config.data.synthetic_train_size, config.data.synthetic_test_size = 64, 32
   config.method.nce_k = 16
   config.batch_size, config.num_epochs = 16, 1
@@ -380,13 +392,13 @@ def _value(leaf):
   return leaf["value"] if isinstance(leaf, dict) else leaf[...]
 
 
-def test_two_steps_on_8_devices_equal_1_device_and_train_the_heads(dataset, teacher_dir,
+def test_two_steps_on_8_devices_equal_1_device_and_train_the_heads(dataset, micro_teacher_dir,
                                                                    reuse_compiled):
   """Loss terms, parameters (student and heads), banks, Z and the sampler state agree; the
   heads train, the banks change only at the batches' rows, the student has no extras."""
-  config = _tiny_config(teacher_dir)
+  config = _tiny_config(micro_teacher_dir)
   method = methods.create(config.method)
-  teacher = checkpoint.load_teacher(teacher_dir, "resnet8", 10)
+  teacher = checkpoint.load_teacher(micro_teacher_dir, micro_cnn.NAME, 10)
   results = []
   for devices in (jax.devices()[:1], jax.devices()[:8]):
     student = train.create_student(config, 10)
@@ -438,10 +450,10 @@ def _final_state(workdir):
 
 @pytest.mark.slow  # ~20 s of CPU even with the step compiled once: three runs, two evaluators
 def test_stop_mid_epoch_and_resume_is_bit_identical_banks_included(
-    tmp_path, dataset, teacher_dir, reuse_compiled):
+    tmp_path, dataset, micro_teacher_dir, reuse_compiled):
   """Stopped after step 3 of 4 (mid-epoch) and resumed: the same final parameters, banks,
   Z, sampler state and test accuracy as a straight run."""
-  config = _tiny_config(teacher_dir)
+  config = _tiny_config(micro_teacher_dir)
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   assert train.train_and_evaluate(config, straight, dataset).finished
   stopped = train.train_and_evaluate(config, resumed, dataset, max_steps=3)
