@@ -5,10 +5,11 @@ The parameter and state kinds of the zoo's CNNs (conv kernel, BatchNorm scale, b
 running statistics, classifier) with a fraction of resnet8's ops, so a train step, its
 evaluation and a checkpoint cost a fraction of resnet8's: a KD run of tests/conftest.py's
 tiny_kd_config 7.4 -> 3.4 CPU s in a fresh process (tests/README.md).
-`registered()` adds it to the model registry (kd_jax.models), so configs, teachers and
+`registered()` adds it (and a two-stage one) to the model registry (kd_jax.models), so configs, teachers and
 checkpoints name it as any model.
 """
 import contextlib
+import functools
 
 from flax import nnx
 import jax
@@ -19,28 +20,40 @@ from kd_jax import checkpoint, models
 from kd_jax.models import layers
 
 NAME, WIDTH = "micro_cnn", 8
+# Two stages (a second conv-BN-ReLU, stride 2, WIDTH2 wide) for the feature methods that
+# pair stages after the first (e.g. VID's feats[1:]).
+NAME2, WIDTH2 = "micro_cnn2", 16
 
 
 class MicroCNN(nnx.Module):
-  """conv1 (3x3, stride 2) - bn1 - ReLU - global average pool - fc."""
+  """Per stage conv (3x3, stride 2) - BN - ReLU; global average pool; fc."""
 
-  def __init__(self, num_classes, *, rngs, dtype=jnp.float32):
+  def __init__(self, num_classes, *, rngs, dtype=jnp.float32, widths=(WIDTH,)):
     self.dtype = dtype
-    self.conv1 = layers.conv(3, WIDTH, 3, stride=2, padding=1, dtype=dtype, rngs=rngs)
-    self.bn1 = layers.batch_norm(WIDTH, dtype=dtype, rngs=rngs)
-    self.fc = layers.linear(WIDTH, num_classes, dtype=dtype, rngs=rngs)
+    kw = dict(dtype=dtype, rngs=rngs)
+    self.conv1 = layers.conv(3, widths[0], 3, stride=2, padding=1, **kw)
+    self.bn1 = layers.batch_norm(widths[0], **kw)
+    if len(widths) > 1:
+      self.conv2 = layers.conv(widths[0], widths[1], 3, stride=2, padding=1, **kw)
+      self.bn2 = layers.batch_norm(widths[1], **kw)
+    self.fc = layers.linear(widths[-1], num_classes, **kw)
 
   def __call__(self, x, train):
-    preact = self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=not train)
-    x = jax.nn.relu(preact)
-    return layers.classify(x, self.fc, (x,), (preact,))
+    x, stages, preacts = x.astype(self.dtype), [], []
+    for conv, bn in [(self.conv1, self.bn1)] + (
+        [(self.conv2, self.bn2)] if hasattr(self, "conv2") else []):
+      preacts.append(bn(conv(x), use_running_average=not train))
+      stages.append(x := jax.nn.relu(preacts[-1]))
+    return layers.classify(x, self.fc, stages, preacts)
 
 
 @contextlib.contextmanager
 def registered():
   """NAME in the model registry while the block runs (e.g. a module-scoped fixture)."""
   with pytest.MonkeyPatch.context() as patch:
-    patch.setitem(models._REGISTRY, NAME, (MicroCNN, WIDTH))  # pylint: disable=protected-access
+    registry = models._REGISTRY  # pylint: disable=protected-access
+    patch.setitem(registry, NAME, (MicroCNN, WIDTH))
+    patch.setitem(registry, NAME2, (functools.partial(MicroCNN, widths=(WIDTH, WIDTH2)), WIDTH2))
     yield
 
 
