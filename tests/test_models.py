@@ -99,8 +99,12 @@ def test_forward_shapes_all_models(name):
 
 
 def test_stage_shapes_follow_mdistiller():
-  model = models.create('resnet8x4', rngs=nnx.Rngs(0))
-  _, features = model(_images('resnet8x4'), train=False)
+  """Shapes only: the model and its forward are traced (eval_shape), nothing compiled."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: models.create('resnet8x4',
+                                                                   rngs=nnx.Rngs(0))))
+  images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  _, features = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, train=False),
+                               state, images)
   assert [s.shape for s in features['stages']] == [
       (2, 32, 32, 32), (2, 32, 32, 64), (2, 16, 16, 128), (2, 8, 8, 256)]
 
@@ -199,14 +203,20 @@ def test_classifier_init_schemes(scheme):
 
 
 def test_bfloat16_forward_is_finite_with_float32_params():
+  """The bfloat16 model as created (traced: nnx.eval_shape) has float32 parameters and
+  statistics; it runs on the float32 model's values (one initialisation, not two: the
+  same Rngs give both the same values) in one jit per mode, not op by op."""
   images = _images('resnet8')
-  model = models.create('resnet8', rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+  abstract = nnx.eval_shape(lambda: models.create('resnet8', rngs=nnx.Rngs(0),
+                                                  dtype=jnp.bfloat16))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   float_model = models.create('resnet8', rngs=nnx.Rngs(0))
-  params = jax.tree.leaves(nnx.state(model, nnx.Param))
-  assert all(p.dtype == jnp.float32 for p in params)
+  model = nnx.merge(nnx.graphdef(abstract), nnx.state(float_model))
+  forward = nnx.jit(lambda model, images, train: model(images, train=train),
+                    static_argnames='train')
   for train in (False, True):
-    logits, features = model(images, train=train)
-    float_logits, _ = float_model(images, train=train)
+    logits, features = forward(model, images, train=train)
+    float_logits, _ = forward(float_model, images, train=train)
     assert logits.dtype == jnp.bfloat16
     assert np.all(np.isfinite(np.asarray(features['pooled'], np.float32)))
     np.testing.assert_allclose(np.asarray(logits, np.float32), float_logits,
