@@ -209,7 +209,7 @@ def test_reviewkd_pp_is_the_authors_loss(epoch):
   teacher_out = ModelOutput(jnp.asarray(R_T_LOGITS, jnp.float32), teacher)
 
   @nnx.jit
-  def run(extras, clone, logits, student, epoch):
+  def run(extras, clone, head, logits, student, epoch):
     def total(logits, student, extras):
       return method.loss(ModelOutput(logits, student), teacher_out, jnp.asarray(R_LABELS),
                          epoch, Aux(extras, frozen))[0]
@@ -220,11 +220,15 @@ def test_reviewkd_pp_is_the_authors_loss(epoch):
         Aux(connectors))[0])(student, clone.base)
     levels = [*student["stages"], student["pooled"][:, None, None, :]][-3:]  # the deepest 3
     fused = clone.base(levels, train=True)
-    return value, grads, base_grads, fused, clone.head(student["pooled"], train=True)
+    # ND's gradient on pooled: through the head, whose dropout mask the clone repeats.
+    nd_grad = nnx.grad(lambda f, head: losses.nd(head(f, train=True), teacher["pooled"],
+                                                 frozen["class_means"], jnp.asarray(R_LABELS)))(
+        student["pooled"], head)
+    return value, grads, base_grads, fused, clone.head(student["pooled"], train=True), nd_grad
 
   logits = jnp.asarray(R_LOGITS, jnp.float32)
-  value, (grad_logits, grads), base_grads, fused, projected = run(
-      extras, clone, logits, student, jnp.asarray(epoch))
+  value, (grad_logits, grads), base_grads, fused, projected, nd_grad = run(
+      extras, clone, head, logits, student, jnp.asarray(epoch))
   levels = [*R_TEACHER["preact_stages"], R_TEACHER["pooled"][:, None, None, :]]
   levels = levels[1:]  # the teacher's levels: stages after the first + pooled
   warm = min(1.0, epoch / 20)
@@ -237,10 +241,6 @@ def test_reviewkd_pp_is_the_authors_loss(epoch):
       lambda z: _ce(z, R_LABELS), R_LOGITS), rtol=1e-3, atol=1e-6)
   for got, want in zip(grads["stages"], base_grads["stages"]):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
-  # ND's gradient on pooled: through the head, whose dropout mask the clone repeats.
-  nd_grad = nnx.grad(lambda f, head: losses.nd(head(f, train=True), teacher["pooled"],
-                                               frozen["class_means"], jnp.asarray(R_LABELS)))(
-      student["pooled"], head)
   np.testing.assert_allclose(grads["pooled"], base_grads["pooled"] + nd_grad, rtol=1e-4,
                              atol=1e-6)
 
