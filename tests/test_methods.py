@@ -14,6 +14,7 @@ from kd_jax.methods import Aux, ModelOutput, Setup
 from kd_jax.methods import nd as nd_lib
 from kd_jax.methods.multi_view import MultiViewMethod
 from tests import loss_reference as ref
+from tests import micro_cnn
 
 B, C, D = 8, 6, 5
 RNG = np.random.default_rng(0)
@@ -161,7 +162,8 @@ def test_cskd_nd_adds_the_nd_term():
 def test_nd_projection_head_only_when_widths_differ():
   method = _method(name="kd_nd", nd_weight=2.0)
   feeder = types.SimpleNamespace(info=types.SimpleNamespace(image_size=32))
-  resnet8, resnet8x4 = (models.create(name, 10, rngs=nnx.Rngs(0)) for name in ("resnet8", "resnet8x4"))
+  resnet8, resnet8x4 = (nnx.eval_shape(lambda n=name: models.create(n, 10, rngs=nnx.Rngs(0)))
+                        for name in ("resnet8", "resnet8x4"))  # widths only: traced
   assert method.extras(Setup(resnet8, resnet8, feeder, nnx.Rngs(0))) is None
   wide = method.extras(Setup(resnet8, resnet8x4, feeder, nnx.Rngs(0)))
   assert wide.linear.kernel.shape == (64, 256)
@@ -177,9 +179,10 @@ def test_nd_projection_head_only_when_widths_differ():
 
 
 def test_teacher_class_means_equal_numpy_per_class_means():
-  """The class-mean pass (8 devices, padded batches) vs NumPy over the same features."""
+  """The class-mean pass (8 devices, padded batches) vs NumPy over the same features, of
+  a micro CNN teacher (tests/micro_cnn.py: the pass does not depend on the model)."""
   dataset = data.load("cifar10", "synthetic", synthetic_train_size=40, synthetic_test_size=8)
-  teacher = models.create("resnet8", 10, rngs=nnx.Rngs(3))
+  teacher = micro_cnn.MicroCNN(10, rngs=nnx.Rngs(3))
   config = ml_collections.ConfigDict(dict(seed=5, batch_size=16, eval_batch_size=16, data=dict(
       dataset="cifar10", source="synthetic")))
   means = nd_lib.teacher_class_means(teacher, feeders.DeviceFeeder(dataset, config, train.data_mesh()))
