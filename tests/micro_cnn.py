@@ -4,9 +4,9 @@ seeds in one program, a run end to end): conv-BN-ReLU, global average pool, line
 The parameter and state kinds of the zoo's CNNs (conv kernel, BatchNorm scale, bias and
 running statistics, classifier) with a fraction of resnet8's ops, so a train step, its
 evaluation and a checkpoint cost a fraction of resnet8's: a KD run of tests/conftest.py's
-tiny_kd_config 7.4 -> 3.4 CPU s in a fresh process (tests/README.md).
-`registered()` adds it (and a two-stage one) to the model registry (kd_jax.models), so configs, teachers and
-checkpoints name it as any model.
+tiny_kd_config 7.4 -> 3.4 CPU s in a fresh process (tests/README.md). `registered()` adds
+it (and a two-stage one) to the model registry (kd_jax.models), so configs, saved
+teachers and checkpoints name it as any model.
 """
 import contextlib
 import functools
@@ -29,31 +29,33 @@ class MicroCNN(nnx.Module):
   """Per stage conv (3x3, stride 2) - BN - ReLU; global average pool; fc."""
 
   def __init__(self, num_classes, *, rngs, dtype=jnp.float32, widths=(WIDTH,)):
-    self.dtype = dtype
+    self.dtype, self.two_stages = dtype, len(widths) > 1
     kw = dict(dtype=dtype, rngs=rngs)
     self.conv1 = layers.conv(3, widths[0], 3, stride=2, padding=1, **kw)
     self.bn1 = layers.batch_norm(widths[0], **kw)
-    if len(widths) > 1:
+    if self.two_stages:
       self.conv2 = layers.conv(widths[0], widths[1], 3, stride=2, padding=1, **kw)
       self.bn2 = layers.batch_norm(widths[1], **kw)
     self.fc = layers.linear(widths[-1], num_classes, **kw)
 
   def __call__(self, x, train):
     x, stages, preacts = x.astype(self.dtype), [], []
-    for conv, bn in [(self.conv1, self.bn1)] + (
-        [(self.conv2, self.bn2)] if hasattr(self, "conv2") else []):
+    pairs = [(self.conv1, self.bn1)] + ([(self.conv2, self.bn2)] if self.two_stages else [])
+    for conv, bn in pairs:
       preacts.append(bn(conv(x), use_running_average=not train))
-      stages.append(x := jax.nn.relu(preacts[-1]))
+      x = jax.nn.relu(preacts[-1])
+      stages.append(x)
     return layers.classify(x, self.fc, stages, preacts)
 
 
 @contextlib.contextmanager
 def registered():
-  """NAME in the model registry while the block runs (e.g. a module-scoped fixture)."""
+  """NAME and NAME2 in the model registry while the block runs (e.g. a module fixture)."""
   with pytest.MonkeyPatch.context() as patch:
     registry = models._REGISTRY  # pylint: disable=protected-access
     patch.setitem(registry, NAME, (MicroCNN, WIDTH))
-    patch.setitem(registry, NAME2, (functools.partial(MicroCNN, widths=(WIDTH, WIDTH2)), WIDTH2))
+    patch.setitem(registry, NAME2,
+                  (functools.partial(MicroCNN, widths=(WIDTH, WIDTH2)), WIDTH2))
     yield
 
 
