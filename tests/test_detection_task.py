@@ -59,8 +59,9 @@ def numpy_drawn_detectors(monkeypatch):
   """kd_jax.detection.faster_rcnn.create builds the detector it builds (models.create and
   train.create_student around it unchanged), its weights drawn with NumPy: the random
   initialisers' eager XLA compiles, one per parameter shape (~6 CPU s in this file), are
-  no part of what these tests check. The inits themselves:
-  test_detection_heads.py::test_inits_follow_detectron2; runs from them: the slow tests."""
+  no part of what these tests check. The heads' inits:
+  test_detection_heads.py::test_inits_follow_detectron2; runs from the real inits (finite
+  losses, learning, resume): the slow tests of this file."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from kd_jax.detection import faster_rcnn  # pylint: disable=g-import-not-at-top
   from tests.test_detection_kd_forward import numpy_filled  # pylint: disable=g-import-not-at-top
