@@ -54,6 +54,23 @@ def test_an_unknown_detector_option_is_one_line():
     models.create("resnet8", 10, rngs=nnx.Rngs(0), input_format="RGB")
 
 
+@pytest.fixture
+def numpy_drawn_detectors(monkeypatch):
+  """kd_jax.detection.faster_rcnn.create builds the detector it builds (models.create and
+  train.create_student around it unchanged), its weights drawn with NumPy: the random
+  initialisers' eager XLA compiles, one per parameter shape (~6 CPU s in this file), are
+  no part of what these tests check. The heads' inits:
+  test_detection_heads.py::test_inits_follow_detectron2; runs from the real inits (finite
+  losses, learning, resume): the slow tests of this file."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from kd_jax.detection import faster_rcnn  # pylint: disable=g-import-not-at-top
+  from tests.test_detection_kd_forward import numpy_filled  # pylint: disable=g-import-not-at-top
+  create = faster_rcnn.create
+  monkeypatch.setattr(faster_rcnn, "create", lambda *args, rngs, **kwargs: numpy_filled(
+      lambda: create(*args, rngs=nnx.Rngs(0), **kwargs), 0))
+
+
+@pytest.mark.usefixtures("numpy_drawn_detectors")
 def test_a_detection_run_trains_evaluates_and_writes_ap(tmp_path, shapes_dir):
   """Two iterations and a COCO evaluation through train_and_evaluate: losses logged,
   detections json and AP table in the workdir, AP as the run's metric in summary.json."""
@@ -107,6 +124,7 @@ def test_coco_det_smoke_through_main(tmp_path):
   assert summary["metric"] == "AP" and summary["best_top1"] >= 0
 
 
+@pytest.mark.usefixtures("numpy_drawn_detectors")
 def test_weights_option_starts_the_detector_from_a_bottom_up_file(tmp_path):
   """student.options.weights = a detectron2 .pkl of the bottom-up network alone (as
   ImageNet weights are): those tensors land in the backbone, by detectron2 name."""
