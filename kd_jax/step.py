@@ -128,8 +128,11 @@ def make_train_step(*, method, feeder, optimizer, trainable_def, teacher_def,
 
     def loss_fn(trainable):
       # Merged inside the differentiated function, so a method may run the teacher on
-      # what the student produced; it never gets gradients (not an argument).
-      teacher = nnx.merge(teacher_def, frozen["teacher"]) if method.needs_teacher else None
+      # what the student produced; it never gets gradients (not an argument). Copied:
+      # a teacher in train mode (OFD) updates its BatchNorm statistics, which needs
+      # Variables of this trace, not the step's.
+      teacher = (nnx.merge(teacher_def, frozen["teacher"], copy=True)
+                 if method.needs_teacher else None)
       return method.forward(trainable, teacher, views, targets, epoch,
                             Aux(trainable.extras, frozen["extras"], index,
                                 jax.random.fold_in(key, METHOD_STREAM)))

@@ -47,6 +47,10 @@ class MicroCNN(nnx.Module):
       stages.append(x)
     return layers.classify(x, self.fc, stages, preacts)
 
+  def bn_before_relu(self):
+    """The BatchNorm before each stage's ReLU (OFD's margins), as the zoo's CNNs have."""
+    return [self.bn1] + ([self.bn2] if self.two_stages else [])
+
 
 @contextlib.contextmanager
 def registered():

@@ -453,10 +453,12 @@ def micro():
 
 # vid in the default suite, on a two-stage micro CNN teacher and student
 # (tests/micro_cnn.py: VID's regressors pair the stages after the first, whatever the
-# model); kdsvd and ofd (25-45 s each, resnet8) in the slow one.
+# model), and ofd on it (its teacher runs in train mode inside the step); kdsvd and ofd
+# on resnet8 (25-45 s each) in the slow one.
 @pytest.mark.parametrize("module,model", [
     pytest.param(cifar_vid, micro_cnn.NAME2, id="vid"),
     pytest.param(cifar_kdsvd, "resnet8", id="kdsvd", marks=pytest.mark.slow),
+    pytest.param(cifar_ofd, micro_cnn.NAME2, id="ofd_micro"),
     pytest.param(cifar_ofd, "resnet8", id="ofd", marks=pytest.mark.slow)])
 def test_one_train_step_trains_the_extras_but_not_into_the_student(module, model, dataset, micro):
   config = module.get_config("smoke")
