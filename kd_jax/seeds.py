@@ -232,10 +232,11 @@ class SeedsTrainer(train.Trainer):
                             self.within_device)
     batch = next(self.feeder.train_batches(0))
     self._metric_shapes = step_lib.metric_shapes(seeds_step, self.state, self.frozen, batch)
-    self.train_step = jax.jit(seeds_step, donate_argnums=(0, 1),
-                              out_shardings=self.per_seed).lower(
-                                  self.state, self.init_metric_sums(), self.frozen,
-                                  batch).compile()
+    lowered = jax.jit(seeds_step, donate_argnums=(0, 1), out_shardings=self.per_seed).lower(
+        self.state, self.init_metric_sums(), self.frozen, batch)
+    flops = step_lib.lowered_flops(lowered)  # all seeds' step; a seed's, as a run reports it:
+    self.step_flops = flops / len(self.seeds) if flops else None
+    self.train_step = lowered.compile()
     shared = _bytes({key: value for key, value in batch.items()
                      if feeder.SEEDS_BATCH_AXES[key] is None})
     shared += _bytes([tree for tree, axis in ((teacher_state, teacher_axis),
@@ -345,6 +346,9 @@ class SeedsTrainer(train.Trainer):
     images_per_second = meter.line(step, epoch, self.config.num_epochs, over_seeds)
     for writer, seed_means in zip(writers, means):
       seed_means["images_per_second"] = images_per_second / len(self.seeds)
+      if self.step_flops:
+        seed_means["flops_per_second"] = (seed_means["images_per_second"]
+                                          / self.config.batch_size * self.step_flops)
       seed_means["lr"] = float(self.schedule(step - 1))
       writer.write(step, "train", seed_means)
 

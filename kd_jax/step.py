@@ -170,8 +170,13 @@ def step_flops(jitted_step, *args):
   (the global batch: augmentation, teacher forward, student forward and backward, update),
   or None where the backend has no cost analysis. From the lowered program, before it is
   partitioned over devices or compiled: costs one trace, compiles nothing."""
+  return lowered_flops(jitted_step.lower(*args))
+
+
+def lowered_flops(lowered):
+  """XLA's FLOP count of a lowered program, or None where the backend has none."""
   try:
-    cost = jitted_step.lower(*args).cost_analysis()
+    cost = lowered.cost_analysis()
   except (NotImplementedError, RuntimeError):
     return None
   flops = (cost or {}).get("flops")
