@@ -3,7 +3,7 @@ iterations (issue #28)? COCO AP of both on the synthetic shapes, over paired see
 
   PYTHONPATH=$PWD python benchmarks/detection_kd_gain.py --root=/tmp/kd_gain \\
       [--num-train 2048] [--num-val 256] [--teacher-iterations 2400] \\
-      [--pretrain-iterations 600] [--student-iterations 600] [--seeds 1,2,3,4]
+      [--pretrain-iterations 600] [--student-iterations 600] [--seeds 1,2,3,4,5,6]
 
 Writes the shapes dataset (kd_jax.data.shapes) with `--num-train` / `--num-val` images
 under ROOT/data, trains configs/coco_det.py:smoke's R18micro detector as the teacher for
@@ -17,8 +17,8 @@ det_kd_nd,smoke: KD 1.0, ND `--nd-weight`, T 1, class centres from `--center-ima
 images) train `--student-iterations` more: same start, seed, data order and recipe.
 Recipe: AdamW lr 1e-3, weight decay 1e-4, x0.1 at 5/6 of each run (SGD at the detectron2
 lr diverges from scratch; test_detection_task.py::test_a_micro_detector_learns_the_shapes).
-Prints one JSON line per run and one with the per-seed gains. Finished workdirs under
-ROOT are reported, not retrained.
+Prints one JSON line per run and one with the per-seed gains, and writes all of them to
+ROOT/result.json. Finished workdirs under ROOT are reported, not retrained.
 """
 import argparse
 import json
@@ -69,10 +69,11 @@ def pretrained_weights(root, data_dir, iterations, seed):
 
 
 def run(root, num_train=2048, num_val=256, teacher_iterations=2400, student_iterations=600,
-        seeds=(1, 2, 3, 4), center_images=64, pretrain_iterations=600, pretrain_seed=100,
+        seeds=(1, 2, 3, 4, 5, 6), center_images=64, pretrain_iterations=600, pretrain_seed=100,
         nd_weight=1.0):
   """Trains the teacher, the shared start and the paired students under `root`; returns
-  {"teacher", "alone", "kd++": [(AP, AP50, AP75) per seed], "gains", "mean"}."""
+  (and writes to root/result.json) {"teacher": [(AP, AP50, AP75) per evaluation],
+  "alone", "kd++": [(AP, AP50, AP75) per seed], "gains": per seed, "mean"}."""
   data_dir = os.path.join(root, "data")
   shapes.ensure(data_dir, num_train=num_train, num_val=num_val)
   teacher_dir = os.path.join(root, "teacher")
@@ -103,6 +104,8 @@ def run(root, num_train=2048, num_val=256, teacher_iterations=2400, student_iter
                     for i in range(3)]
   print(json.dumps({"kd++_minus_alone_per_seed": result["gains"], "mean": result["mean"]}),
         flush=True)
+  with open(os.path.join(root, "result.json"), "w") as f:
+    json.dump(result, f)
   return result
 
 
@@ -115,7 +118,7 @@ def main():
   parser.add_argument("--pretrain-iterations", type=int, default=600)
   parser.add_argument("--pretrain-seed", type=int, default=100)
   parser.add_argument("--student-iterations", type=int, default=600)
-  parser.add_argument("--seeds", default="1,2,3,4")
+  parser.add_argument("--seeds", default="1,2,3,4,5,6")
   parser.add_argument("--center-images", type=int, default=64)
   parser.add_argument("--nd-weight", type=float, default=1.0)
   args = parser.parse_args()
