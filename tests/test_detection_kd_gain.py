@@ -17,14 +17,16 @@ def test_kd_plus_plus_from_a_trained_teacher_beats_the_detector_alone(tmp_path):
   2400 iterations from scratch; students that start from a shared 600-iteration
   pretraining (as the paper's from ImageNet weights) and train 600 more, alone or with
   KD++ (KD 1, ND 1, T 1), paired by seed 1..6: KD++'s mean COCO AP is higher.
-  Seen on 2026-12-07 (one CPU device): teacher 14.32 AP; gains -0.11 / +1.36 / +0.51 /
-  +0.31 / +0.54 / +0.60, mean +0.54 AP (5 of 6 won; the student alone's seed spread 0.73
-  AP). The property is weak: blocks of 4 paired seeds gave means of -0.02 to +0.73 AP
-  (RESULTS.md), so other numerics (jax versions, devices) may fail it now and then.
+  Seen on 2026-12-07 (one CPU device): teacher 14.32 AP, students alone 8.16-8.89; gains
+  -0.16 / +1.07 / +1.14 / +0.88 / +0.71 / +0.46, mean +0.68 AP (an earlier run with other
+  class centres: +0.54). The property is weak: blocks of paired seeds gave means from
+  about 0 (2 seeds, 8 devices) to +0.73 AP (RESULTS.md), so other numerics (jax
+  versions, devices) may fail it now and then.
   From scratch, with no shared start, no gain was seen beyond a 3-7 AP seed spread.
   The benchmark runs as its own process on one CPU device, as its RESULTS numbers were
   taken (this session's 8 simulated devices shard the batch 8 ways and, on a loaded
-  machine, time out in XLA's collectives). About 17 minutes on 2 quiet cores.
+  machine, time out in XLA's collectives). 29 minutes on 2 shared cores (load 2-6);
+  about 18 on quiet ones (from the runs' own times).
   Default-suite checks of the same terms, fast:
   test_detection_kd_methods.py::test_kd_plus_plus_terms_equal_rcnn_ndkd_loss and
   test_detection_kd_forward.py::test_gradients_reach_the_student_and_connectors_only."""
