@@ -153,6 +153,26 @@ def test_weights_option_starts_the_detector_from_a_bottom_up_file(tmp_path):
     validate.check(config)
 
 
+def test_a_saved_detector_starts_another_from_its_weights(tmp_path):
+  """faster_rcnn.save_weights writes a model-zoo .pkl in PyTorch layouts (conv OIHW,
+  linear (out, in)) that student.options.weights loads back: every variable equal."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
+  from kd_jax.detection import faster_rcnn  # pylint: disable=g-import-not-at-top
+  saved = models.create("faster_rcnn_R18micro_FPN", 3, rngs=nnx.Rngs(0))
+  path = faster_rcnn.save_weights(saved, str(tmp_path / "model_final.pkl"))
+  with open(path, "rb") as file:
+    state = pickle.load(file)["model"]
+  stem = np.asarray(saved.backbone.bottom_up.stem.conv1.kernel[...])  # HWIO
+  np.testing.assert_array_equal(state["backbone.bottom_up.stem.conv1.weight"],
+                                stem.transpose(3, 2, 0, 1))
+  assert state["roi_heads.box_predictor.cls_score.weight"].shape == (4, 32)  # K+1, fc
+  loaded = models.create("faster_rcnn_R18micro_FPN", 3, rngs=nnx.Rngs(1), weights=path)
+  for a, b in zip(jax.tree.leaves(nnx.state(saved)), jax.tree.leaves(nnx.state(loaded))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.slow
 def test_one_detection_step_on_8_devices_equals_1_device(tmp_path, shapes_dir):
   """The four losses and the updated parameters agree (the batch of 8 sharded 8 ways).

@@ -40,6 +40,24 @@ def to_model_layout(array):
   return array
 
 
+def to_torch_layout(array):
+  """A variable of this package's layout as detectron2 (PyTorch) holds it."""
+  array = np.asarray(array, np.float32)
+  if array.ndim == 4:
+    return array.transpose(3, 2, 0, 1)
+  if array.ndim == 2:
+    return array.T
+  return array
+
+
+def detectron2_state(model, prefix=''):
+  """{detectron2 name: ndarray in PyTorch layout} of every variable of `model`: what
+  load_detectron2_state reads back."""
+  variables = dict(nnx.iter_graph(model))
+  return {name: to_torch_layout(variables[path].get_value())
+          for name, path in detectron2_names(model, prefix).items()}
+
+
 def _identity_default(name, state):
   """FrozenBatchNorm2d._load_from_state_dict: checkpoints without running statistics
   (Caffe2-converted ones) get running_mean 0 and running_var 1."""

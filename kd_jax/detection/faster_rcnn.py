@@ -11,6 +11,7 @@ with `rpn_head`, `roi_heads` with `box_head` and `box_predictor`), so detectron2
 loads model-zoo weights by name.
 """
 import dataclasses
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -240,3 +241,12 @@ def load_weights(model, path):
   else:
     detectron2_names.load_detectron2_state(model, state, source=path)
   return model
+
+
+def save_weights(model, path, author='kd_jax'):
+  """Writes `model` as a detectron2 model-zoo .pkl ({"model": {name: ndarray}, "__author__"},
+  PyTorch layouts), the file load_weights and detectron2's DetectionCheckpointer read: so a
+  run can start from another's detector, as detectron2's MODEL.WEIGHTS = a model_final."""
+  with open(path, 'wb') as file:
+    pickle.dump({'model': detectron2_names.detectron2_state(model), '__author__': author}, file)
+  return path
