@@ -30,24 +30,25 @@ def detectron2_names(model, prefix=''):
   return names
 
 
-def to_model_layout(array):
-  """A detectron2 (PyTorch-layout) tensor in this package's layout."""
+def _relayout(array, conv_axes):
+  """float32 `array` with a 4-d (conv) kernel's axes permuted by `conv_axes` and a 2-d
+  (linear) one transposed; other shapes as they are."""
   array = np.asarray(array, np.float32)
   if array.ndim == 4:
-    return array.transpose(2, 3, 1, 0)
+    return array.transpose(conv_axes)
   if array.ndim == 2:
     return array.T
   return array
+
+
+def to_model_layout(array):
+  """A detectron2 (PyTorch-layout) tensor in this package's layout."""
+  return _relayout(array, (2, 3, 1, 0))
 
 
 def to_torch_layout(array):
   """A variable of this package's layout as detectron2 (PyTorch) holds it."""
-  array = np.asarray(array, np.float32)
-  if array.ndim == 4:
-    return array.transpose(3, 2, 0, 1)
-  if array.ndim == 2:
-    return array.T
-  return array
+  return _relayout(array, (3, 2, 0, 1))
 
 
 def detectron2_state(model, prefix=''):
