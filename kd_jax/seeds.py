@@ -234,7 +234,7 @@ class SeedsTrainer(train.Trainer):
     self._metric_shapes = step_lib.metric_shapes(seeds_step, self.state, self.frozen, batch)
     lowered = jax.jit(seeds_step, donate_argnums=(0, 1), out_shardings=self.per_seed).lower(
         self.state, self.init_metric_sums(), self.frozen, batch)
-    flops = step_lib.lowered_flops(lowered)  # all seeds' step; a seed's, as a run reports it:
+    flops = step_lib.lowered_flops(lowered)  # of all seeds' step; a run reports one seed's
     self.step_flops = flops / len(self.seeds) if flops else None
     self.train_step = lowered.compile()
     shared = _bytes({key: value for key, value in batch.items()
@@ -347,8 +347,7 @@ class SeedsTrainer(train.Trainer):
     for writer, seed_means in zip(writers, means):
       seed_means["images_per_second"] = images_per_second / len(self.seeds)
       if self.step_flops:
-        seed_means["flops_per_second"] = (seed_means["images_per_second"]
-                                          / self.config.batch_size * self.step_flops)
+        seed_means["flops_per_second"] = self.flops_per_second(seed_means["images_per_second"])
       seed_means["lr"] = float(self.schedule(step - 1))
       writer.write(step, "train", seed_means)
 

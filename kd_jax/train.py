@@ -139,6 +139,12 @@ class Trainer:
     self.evaluate_teacher = teacher and evaluation.create(feeder, teacher_def)
     self.stop_requested = threading.Event()  # set by a signal handler to stop cleanly
 
+  def flops_per_second(self, images_per_second):
+    """Achieved FLOP/s of one run at `images_per_second`; None where XLA counts no FLOPs."""
+    if not self.step_flops:
+      return None
+    return images_per_second / self.config.batch_size * self.step_flops
+
   def init_metric_sums(self):
     """Zero metric sums, placed as the step returns them (no recompilation)."""
     return step_lib.init_metric_sums(self._metric_shapes, self.replicated)
@@ -207,8 +213,7 @@ class Trainer:
     if self.rates:
       result.images_per_second = float(np.median(self.rates[1:] or self.rates))
       result.step_flops = self.step_flops
-      if self.step_flops:
-        result.flops_per_second = result.images_per_second / self.config.batch_size * self.step_flops
+      result.flops_per_second = self.flops_per_second(result.images_per_second)
     if step < self.total_steps:
       logging.info("stopped at step %d of %d (epoch %d); rerun the same command to resume",
                    step, self.total_steps, step // self.steps_per_epoch + 1)
@@ -229,7 +234,7 @@ class Trainer:
     means["images_per_second"] = meter.line(step, epoch, self.config.num_epochs, means)
     self.rates.append(means["images_per_second"])
     if self.step_flops:
-      means["flops_per_second"] = means["images_per_second"] / self.config.batch_size * self.step_flops
+      means["flops_per_second"] = self.flops_per_second(means["images_per_second"])
     means["lr"] = float(self.schedule(step - 1))
     if getattr(self.feeder, "skipped_images", 0):  # host-fed data, config.data.bad_images
       means["skipped_images"] = self.feeder.skipped_images
