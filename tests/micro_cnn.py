@@ -70,6 +70,15 @@ def save_teacher(path, num_classes=10, seed=7):
   return path
 
 
+def kd_config(config, teacher_dir):
+  """A copy of the KD `config` with a micro CNN student and a micro CNN teacher (random
+  weights, saved to `teacher_dir`); use inside registered()."""
+  config = config.copy_and_resolve_references()
+  config.teacher.model = config.student.model = NAME
+  config.teacher.checkpoint = save_teacher(teacher_dir)
+  return config
+
+
 def final_params(workdir, num_classes=10):
   """The leaves of a run's final student (a micro CNN) as saved in `workdir`."""
   return jax.tree.leaves(nnx.state(checkpoint.load_teacher(workdir, NAME, num_classes)))

@@ -43,11 +43,9 @@ def test_resumed_inside_the_window_and_stopped_early(tmp_path, monkeypatch):
 
 def test_tiny_run_writes_the_trace_into_tensorboard(tmp_path, tiny_kd_config, dataset):
   """On a micro CNN teacher and student (tests/micro_cnn.py): the trace, not the model."""
-  config = tiny_kd_config.copy_and_resolve_references()
-  config.profile_steps = (2, 3)
   with micro_cnn.registered():
-    config.teacher.model = config.student.model = micro_cnn.NAME
-    config.teacher.checkpoint = micro_cnn.save_teacher(str(tmp_path / "teacher"))
+    config = micro_cnn.kd_config(tiny_kd_config, str(tmp_path / "teacher"))
+    config.profile_steps = (2, 3)
     result = train.train_and_evaluate(config, str(tmp_path / "run"), dataset, max_steps=3)
   assert result.stopped_at == 3
   traces = _traces(str(tmp_path / "run"))

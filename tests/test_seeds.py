@@ -31,10 +31,7 @@ def config(tiny_kd_config, tmp_path_factory):
   seeds against the seed alone do not depend on the model, and each step and run costs a
   fraction of resnet8's (tests/micro_cnn.py)."""
   with micro_cnn.registered():
-    config = tiny_kd_config.copy_and_resolve_references()
-    config.teacher.model = config.student.model = micro_cnn.NAME
-    config.teacher.checkpoint = micro_cnn.save_teacher(str(tmp_path_factory.mktemp("teacher")))
-    yield config
+    yield micro_cnn.kd_config(tiny_kd_config, str(tmp_path_factory.mktemp("teacher")))
 
 
 def test_seeds_are_laid_over_the_devices_first():
